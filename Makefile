@@ -1,0 +1,71 @@
+# mailshim: `make` builds, `make run` starts a demo, `make test` runs every test.
+# SAN=1 builds (and tests) with AddressSanitizer and UndefinedBehaviorSanitizer.
+
+CC       ?= cc
+SSL_INC  := /usr/include/android
+SSL_LIB  := /usr/lib/x86_64-linux-gnu/android
+VERSION  := 0.1.0
+
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=c11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
+            -D_GNU_SOURCE -DMAILSHIM_VERSION='"$(VERSION)"' -fno-strict-aliasing
+SSL_CFLAGS := -I$(SSL_INC)
+SSL_LIBS := -L$(SSL_LIB) -Wl,-rpath,$(SSL_LIB) -l:libssl.so.0 -l:libcrypto.so.0
+LIBS     := $(SSL_LIBS) -lev
+
+ifeq ($(SAN),1)
+B        := build/san
+CFLAGS   += -O1 -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+            -fno-omit-frame-pointer
+LDFLAGS  += -fsanitize=address,undefined
+BIN      := $(B)/mailshim
+else
+B        := build/rel
+BIN      := mailshim
+endif
+
+# Modules with no I/O: unit-tested and fuzzed alone.
+PURE     := buf config smtp proxy
+# The rest: sockets, TLS, events.
+IO       := main listener conn endpoint relay tls log
+OBJS     := $(addprefix $(B)/,$(addsuffix .o,$(PURE) $(IO)))
+UNIT     := $(patsubst tests/unit/%.c,$(B)/unit/%,$(wildcard tests/unit/test_*.c))
+
+.PHONY: all deps run test unit integration clean fuzz soak bench check-ldd
+
+all: $(BIN) check-ldd
+
+$(BIN): $(OBJS)
+	$(CC) $(LDFLAGS) -o $@ $(OBJS) $(LIBS)
+
+# The TLS library must be BoringSSL, never the system's OpenSSL 3.
+check-ldd: $(BIN)
+	@if ldd $(BIN) | grep -Eq 'lib(ssl|crypto)\.so\.3'; then \
+		echo "$(BIN) links OpenSSL 3; it must link BoringSSL only" >&2; exit 1; fi
+
+$(B)/%.o: shim/%.c | $(B)
+	$(CC) $(CFLAGS) $(SSL_CFLAGS) -MMD -MP -c -o $@ $<
+
+$(B):
+	mkdir -p $(B)/unit
+
+# Unit tests link only the pure modules (no TLS library, no libev).
+$(B)/unit/%: tests/unit/%.c tests/unit/unit.h $(addprefix $(B)/,$(addsuffix .o,$(PURE))) | $(B)
+	$(CC) $(CFLAGS) $(LDFLAGS) -Ishim -o $@ $< $(addprefix $(B)/,$(addsuffix .o,$(PURE)))
+
+deps:
+	@sh tests/deps.sh
+
+unit: $(UNIT)
+	@sh tests/run-unit.sh $(UNIT)
+
+run: deps all
+	@sh tests/run-demo.sh
+
+test: deps all $(UNIT)
+	@MAILSHIM=$(abspath $(BIN)) sh tests/run.sh $(UNIT)
+
+clean:
+	rm -rf build mailshim
+
+-include $(OBJS:.o=.d)

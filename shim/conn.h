@@ -1,0 +1,69 @@
+/*
+ * conn: one relayed session, both hops. A session is one struct owning
+ * the two endpoints, the two pumps, the SMTP state and one timer; its
+ * life is a small state machine per hop plus a phase:
+ *
+ *   OPEN   the upstream connects (and, for STARTTLS, talks EHLO/STARTTLS
+ *          and hand-shakes); an implicit-TLS client hand-shakes meanwhile
+ *   RELAY  bytes flow both ways through the SMTP layer; a STARTTLS from
+ *          the client switches the listen hop to TLS in place
+ *   FINAL  the upstream is gone; the shim's last reply (421...) is
+ *          flushed to the client, then the session closes
+ *
+ * Every path out goes through one close function with a result and a
+ * reason, which writes the session's log line.
+ */
+#ifndef MAILSHIM_CONN_H
+#define MAILSHIM_CONN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <ev.h>
+
+#include "config.h"
+#include "smtp.h"
+#include "tls.h"
+
+/* A service as a worker runs it: built once per configuration load. */
+struct svc_rt {
+	const struct service *svc;
+	struct svc_tls tls;
+	struct sockaddr_storage up_addr;   /* upstream, resolved at load */
+	socklen_t up_len;
+	char up_text[64];                  /* "IP:PORT" for the log */
+	char ehlo[300];                    /* "EHLO helo_name\r\n" */
+	uint16_t ehlo_len;
+};
+
+struct conn;
+struct listen_set;
+
+/* One worker process: one event loop and the sessions it runs. */
+struct worker {
+	struct ev_loop *loop;
+	const struct config *cfg;
+	struct svc_rt *svcs;
+	size_t nsvcs;
+	uint32_t nconns;                   /* live sessions */
+	uint32_t next_id;
+	struct conn *live;                 /* every session, for shutdown */
+	struct conn *again;                /* sessions with work left over */
+	ev_idle again_w;
+	void (*on_conn_done)(struct worker *w);  /* listener: resume accepting */
+	struct listen_set *listeners;
+	bool stopping;                     /* SIGTERM: no new sessions */
+	char scratch[SMTP_EHLO_MAX + 64];  /* EHLO rewrites, shared */
+};
+
+void conn_worker_init(struct worker *w);
+
+/* A client was accepted on a listener of svc: start its session. */
+void conn_start(struct worker *w, struct svc_rt *svc, int fd,
+    const struct sockaddr *peer, socklen_t peerlen);
+
+/* Close every session now (shutdown): each logs result=error. */
+void conn_close_all(struct worker *w);
+
+#endif

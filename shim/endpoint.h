@@ -1,0 +1,51 @@
+/*
+ * endpoint: one side of a session, a socket with an optional TLS layer.
+ * Callers read, write, hand-shake and shut down without asking which
+ * transport they have; "would block" comes back as EP_AGAIN with the
+ * event it waits for in rd_wait / wr_wait (a TLS read can wait for the
+ * socket to become writable, and a write for it to become readable).
+ */
+#ifndef MAILSHIM_ENDPOINT_H
+#define MAILSHIM_ENDPOINT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <ev.h>
+
+typedef struct ssl_st SSL;
+
+#define EP_AGAIN (-1)
+#define EP_ERROR (-2)
+
+struct endpoint {
+	int fd;
+	SSL *ssl;               /* NULL: plaintext */
+	uint8_t rd_wait;        /* EV_READ/EV_WRITE a read waits for; 0: try */
+	uint8_t wr_wait;        /* likewise for writes and the handshake */
+	uint8_t armed;          /* events the watcher has now */
+	bool shut;              /* our write side is shut down */
+	int err;                /* errno of the last failure, for the log */
+	ev_io io;
+};
+
+void ep_init(struct endpoint *e, int fd);
+
+/* >0 bytes read, 0 end of stream, EP_AGAIN or EP_ERROR. */
+ssize_t ep_read(struct endpoint *e, void *p, size_t n);
+/* >0 bytes written, EP_AGAIN or EP_ERROR. */
+ssize_t ep_write(struct endpoint *e, const void *p, size_t n);
+/* 1 when the handshake is complete, EP_AGAIN or EP_ERROR. */
+int ep_handshake(struct endpoint *e);
+/* Send close_notify (TLS) and FIN. 0 done, EP_AGAIN, EP_ERROR. */
+int ep_shutdown(struct endpoint *e);
+/* Decrypted bytes buffered inside the TLS layer (no fd event for them). */
+bool ep_pending(const struct endpoint *e);
+/* Arm the watcher for these events (stops it for 0). */
+void ep_watch(struct endpoint *e, struct ev_loop *loop, int events);
+/* Stop the watcher, free TLS, close the socket; idempotent. */
+void ep_close(struct endpoint *e, struct ev_loop *loop);
+
+#endif

@@ -1,0 +1,153 @@
+#include "listener.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "log.h"
+
+#define ACCEPTS_PER_EVENT 64
+
+static const char reply_busy[] = "421 4.3.2 Too many connections, try again later\r\n";
+
+int listener_bind(const struct sockaddr_text *a, char *err, size_t errlen)
+{
+	int fd, one = 1;
+
+	fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		goto fail;
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
+		goto fail;
+	/* [::]:25 means IPv6 only; IPv4 is its own listen line. */
+	if (a->ss.ss_family == AF_INET6 &&
+	    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0)
+		goto fail;
+	if (bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0 ||
+	    listen(fd, 1024) < 0)
+		goto fail;
+	return fd;
+fail:
+	snprintf(err, errlen, "cannot listen on %s: %s", a->text, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	return -1;
+}
+
+static void pause_all(struct listen_set *set)
+{
+	size_t i;
+
+	if (set->paused)
+		return;
+	set->paused = true;
+	for (i = 0; i < set->n; i++)
+		ev_io_stop(set->w->loop, &set->l[i].io);
+	/* Resume on the first session that ends, or after a short while. */
+	ev_timer_set(&set->retry, 0.5, 0.);
+	ev_timer_start(set->w->loop, &set->retry);
+}
+
+static void resume_all(struct listen_set *set)
+{
+	size_t i;
+
+	if (!set->paused || set->w->stopping)
+		return;
+	set->paused = false;
+	ev_timer_stop(set->w->loop, &set->retry);
+	for (i = 0; i < set->n; i++)
+		ev_io_start(set->w->loop, &set->l[i].io);
+}
+
+static void retry_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct listen_set *set = (struct listen_set *)((char *)t - offsetof(struct listen_set, retry));
+
+	(void)loop;
+	(void)revents;
+	resume_all(set);
+}
+
+static void conn_done(struct worker *w)
+{
+	if (w->nconns < w->cfg->max_connections)
+		resume_all(w->listeners);
+}
+
+/* Over max_connections: say so in SMTP where the client can read it. */
+static void refuse_busy(struct listener *l, int fd)
+{
+	if (l->svc->svc->listen_tls != MODE_IMPLICIT &&
+	    send(fd, reply_busy, sizeof(reply_busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+		log_msg(LEVEL_DEBUG, "cannot send busy reply: %s", strerror(errno));
+	close(fd);
+	log_msg(LEVEL_WARN, "service %s: max_connections (%u) reached, client refused",
+	    l->svc->svc->name, l->set->w->cfg->max_connections);
+}
+
+static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+	struct listener *l = (struct listener *)((char *)io - offsetof(struct listener, io));
+	struct worker *w = l->set->w;
+	struct sockaddr_storage ss;
+	socklen_t len;
+	int i, fd;
+
+	(void)loop;
+	(void)revents;
+	assert(l->fd == io->fd);
+	for (i = 0; i < ACCEPTS_PER_EVENT && !l->set->paused; i++) {
+		len = sizeof(ss);
+		fd = accept4(l->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+				log_msg(LEVEL_WARN, "cannot accept: %s; pausing listeners", strerror(errno));
+				pause_all(l->set);
+			}
+			return;
+		}
+		if (w->nconns >= w->cfg->max_connections) {
+			refuse_busy(l, fd);
+			continue;
+		}
+		conn_start(w, l->svc, fd, (struct sockaddr *)&ss, len);
+	}
+}
+
+void listener_start(struct listen_set *set, struct worker *w)
+{
+	size_t i;
+
+	set->w = w;
+	set->paused = false;
+	w->listeners = set;
+	w->on_conn_done = conn_done;
+	ev_init(&set->retry, retry_cb);
+	for (i = 0; i < set->n; i++) {
+		set->l[i].set = set;
+		ev_io_init(&set->l[i].io, accept_cb, set->l[i].fd, EV_READ);
+		ev_io_start(w->loop, &set->l[i].io);
+	}
+}
+
+void listener_stop(struct listen_set *set)
+{
+	size_t i;
+
+	ev_timer_stop(set->w->loop, &set->retry);
+	for (i = 0; i < set->n; i++) {
+		ev_io_stop(set->w->loop, &set->l[i].io);
+		if (set->l[i].fd >= 0)
+			close(set->l[i].fd);
+		set->l[i].fd = -1;
+	}
+	set->paused = true;
+}

@@ -1,0 +1,123 @@
+/*
+ * smtp: the pure SMTP state machine of one relayed session. Bytes in,
+ * verdicts out; no I/O, no libev, no TLS library, no allocation. The caller
+ * (conn.c) owns the buffers and performs what a verdict says.
+ *
+ * Two directions share one struct smtp:
+ *  - smtp_client(): bytes the mail client sent, in order. Commands are
+ *    tracked through pipelining (RFC 2920), DATA bodies up to CRLF.CRLF,
+ *    BDAT chunks (RFC 3030) and SASL exchanges, so no byte of a message body
+ *    or of an AUTH response is ever taken for a command.
+ *  - smtp_server(): bytes the upstream sent, in order. Replies are matched
+ *    to the commands waiting for them; a positive EHLO reply is rewritten
+ *    (STARTTLS added or removed, AUTH hidden before TLS when required).
+ * Upstream STARTTLS (the shim is the client there) has its own small
+ * dialogue: smtp_setup().
+ *
+ * Every verdict says how many input bytes it covers (n). Bytes not covered
+ * stay in the caller's buffer and are offered again, with more, next call.
+ */
+#ifndef MAILSHIM_SMTP_H
+#define MAILSHIM_SMTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Longest command or reply line accepted, CRLF included. */
+#define SMTP_LINE_MAX 4096
+/* Commands that may wait for replies at once (pipelining depth). */
+#define SMTP_QUEUE 64
+/* Longest EHLO reply handled (whole reply, all lines). */
+#define SMTP_EHLO_MAX 8192
+
+enum smtp_verdict {
+	SMTP_MORE,     /* nothing complete: read more (n = 0) */
+	SMTP_PASS,     /* forward the n bytes unchanged */
+	SMTP_REPLY,    /* drop the n bytes; write reply/reply_len to the client */
+	SMTP_STARTTLS, /* drop the n bytes (the STARTTLS line); write reply (the
+	                  220) to the client, then start TLS on the listen hop.
+	                  Any byte after those n in the same buffer is an
+	                  injection attempt: the caller must drop the session. */
+	SMTP_HOLD,     /* wait: replies must reach the client first, or the
+	                  reply to DATA/AUTH decides how to read what follows.
+	                  Call again after smtp_server() made progress. (n = 0) */
+	SMTP_CLOSE,    /* the session must end: write reply (may be NULL) to the
+	                  client, log reason, close both hops. n bytes covered. */
+	/* smtp_setup() only: */
+	SMTP_SEND_EHLO,     /* the n bytes were the greeting (220): keep a copy
+	                       for the client, send "EHLO <helo_name>\r\n" */
+	SMTP_SEND_STARTTLS, /* EHLO reply covered: send "STARTTLS\r\n" */
+	SMTP_START_TLS,     /* the 220 to STARTTLS covered, and nothing follows:
+	                       start the TLS handshake on the upstream hop */
+	SMTP_REFUSE,        /* the upstream fails the policy: reason says why */
+};
+
+struct smtp_result {
+	enum smtp_verdict v;
+	size_t n;              /* input bytes covered */
+	const char *reply;     /* bytes to write to the client, or NULL */
+	size_t reply_len;
+	const char *reason;    /* plain words, for the log (CLOSE, REFUSE) */
+};
+
+enum smtp_listen { SMTP_LISTEN_PLAIN, SMTP_LISTEN_STARTTLS, SMTP_LISTEN_IMPLICIT };
+
+/* The state of one session; small, embedded in the connection. */
+struct smtp {
+	/* Policy, fixed at init. */
+	uint8_t listen_mode;      /* enum smtp_listen */
+	bool plain_allowed;       /* client is in listen_plain_from */
+	/* Listen hop. */
+	bool listen_tls;          /* TLS is up on the listen hop */
+	bool need_ehlo;           /* after STARTTLS: nothing but EHLO/HELO/... */
+	/* Client side reader. */
+	uint8_t cstate;           /* internal: command, body, chunk, ... */
+	uint8_t dot;              /* internal: end-of-data matcher state */
+	uint64_t chunk_left;      /* bytes of the current BDAT chunk */
+	bool chunk_last;          /* current BDAT chunk is LAST */
+	/* Server side reader. */
+	uint8_t sstate;           /* internal */
+	uint8_t setup;            /* internal: smtp_setup() phase */
+	uint16_t reply_code;      /* code of the reply being read, 0 if none */
+	size_t reply_len;         /* bytes of the reply being read so far */
+	bool reply_starttls;      /* setup: EHLO reply has STARTTLS */
+	/* Commands waiting for replies, oldest first (ring buffer). */
+	uint8_t q[SMTP_QUEUE];
+	uint8_t qhead, qlen;
+};
+
+/*
+ * Start a session. upstream_setup: the upstream hop uses STARTTLS, so
+ * smtp_setup() runs first and the greeting is delivered by the caller once
+ * TLS is up (no greeting is expected from smtp_server()).
+ */
+void smtp_init(struct smtp *s, enum smtp_listen listen_mode,
+    bool plain_allowed, bool upstream_setup);
+
+/* Bytes from the client. */
+struct smtp_result smtp_client(struct smtp *s, const uint8_t *p, size_t len);
+
+/*
+ * Bytes from the upstream, once the relay runs. A rewritten EHLO reply is
+ * composed in scratch (at least SMTP_EHLO_MAX + 64 bytes, owned by the
+ * caller and shared by all sessions of a worker) and returned as SMTP_REPLY
+ * covering the original reply's n bytes; the caller copies it if it cannot
+ * write it at once. Every other reply the shim writes is a static string.
+ */
+struct smtp_result smtp_server(struct smtp *s, const uint8_t *p, size_t len,
+    char *scratch);
+
+/* Upstream STARTTLS dialogue: bytes from the upstream before its TLS. */
+struct smtp_result smtp_setup(struct smtp *s, const uint8_t *p, size_t len);
+
+/* TLS came up on the listen hop (after SMTP_STARTTLS and the handshake). */
+void smtp_listen_tls_up(struct smtp *s);
+
+/* TLS came up on the upstream hop (after SMTP_START_TLS): the relay runs. */
+void smtp_upstream_tls_up(struct smtp *s);
+
+/* Replies still owed to the client by the upstream. */
+size_t smtp_pending(const struct smtp *s);
+
+#endif

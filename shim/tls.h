@@ -1,0 +1,53 @@
+/*
+ * tls: the TLS contexts of a service, built once per configuration load
+ * from its keys (versions, ciphers, certificates picked by SNI, upstream
+ * verification and pins), and the per-session checks that follow a
+ * handshake. The only module besides endpoint.c that knows BoringSSL.
+ */
+#ifndef MAILSHIM_TLS_H
+#define MAILSHIM_TLS_H
+
+#include <stddef.h>
+
+#include "config.h"
+
+typedef struct ssl_st SSL;
+typedef struct ssl_ctx_st SSL_CTX;
+typedef struct ssl_session_st SSL_SESSION;
+
+struct svc_tls {
+	const struct service *svc;
+	SSL_CTX **listen;        /* one per listen_cert; [0] is the default */
+	size_t nlisten;
+	SSL_CTX *upstream;       /* NULL when upstream_tls = plain */
+	SSL_SESSION *session;    /* newest upstream session, for resumption */
+};
+
+/* Build the contexts; on failure write a message to err and return -1. */
+int tls_init(struct svc_tls *t, const struct service *svc, char *err,
+    size_t errlen);
+void tls_free(struct svc_tls *t);
+
+/* A server-side SSL on fd for the listen hop; NULL on failure. */
+SSL *tls_new_listen(const struct svc_tls *t, int fd);
+/* A client-side SSL on fd for the upstream hop; NULL on failure. */
+SSL *tls_new_upstream(struct svc_tls *t, int fd);
+
+/*
+ * After the upstream handshake: check pins, say how the peer was
+ * authenticated (*auth: encrypt | ca | pin). Returns NULL when the policy
+ * is met, else the reason.
+ */
+const char *tls_check_upstream(SSL *ssl, const struct service *svc,
+    const char **auth);
+
+/* Why a handshake failed, in plain words (verification result first). */
+const char *tls_handshake_error(SSL *ssl, char *buf, size_t len);
+
+const char *tls_version(const SSL *ssl);   /* "TLSv1.3" */
+const char *tls_cipher(const SSL *ssl);    /* IANA name */
+
+/* Name of the TLS library, for -V. */
+const char *tls_library(void);
+
+#endif
