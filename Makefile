@@ -53,6 +53,19 @@ $(B):
 $(B)/unit/%: tests/unit/%.c tests/unit/unit.h $(addprefix $(B)/,$(addsuffix .o,$(PURE))) | $(B)
 	$(CC) $(CFLAGS) $(LDFLAGS) -Ishim -o $@ $< $(addprefix $(B)/,$(addsuffix .o,$(PURE)))
 
+# libFuzzer targets: the pure modules built with clang's fuzzer runtime.
+FUZZ_TIME ?= 60
+FUZZERS  := config proxy smtp
+FZ       := build/fuzz
+PURE_SRC := $(addprefix shim/,$(addsuffix .c,$(PURE)))
+$(FZ)/fuzz_%: tests/fuzz/fuzz_%.c $(PURE_SRC) $(wildcard shim/*.h)
+	@mkdir -p $(FZ)
+	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
+		-fno-sanitize-recover=undefined -Ishim -o $@ $< $(PURE_SRC)
+
+fuzz: deps $(addprefix $(FZ)/fuzz_,$(FUZZERS))
+	@sh tests/fuzz/run.sh $(FUZZ_TIME) $(FUZZERS)
+
 deps:
 	@sh tests/deps.sh
 

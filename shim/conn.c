@@ -519,6 +519,19 @@ static int half_close(struct pump *p, struct endpoint *dst, bool partial)
 	return 1;
 }
 
+/*
+ * A read failed (often a reset after the peer closed). If everything the
+ * other side had to say was delivered and it has gone, the session is
+ * complete; otherwise it broke.
+ */
+static int lost(struct conn *c, const struct pump *toward, const struct endpoint *peer,
+    const char *reason)
+{
+	if (toward->eof && peer->shut)
+		return conn_close(c, RES_OK, NULL);
+	return conn_close(c, RES_ERROR, reason);
+}
+
 static int relay_io(struct conn *c)
 {
 	int progress = 0, r;
@@ -526,7 +539,7 @@ static int relay_io(struct conn *c)
 	if (c->cl_state == CL_READY && pump_can_read(&c->c2u)) {
 		r = pump_read(&c->c2u, &c->cl);
 		if (r == PUMP_ERROR)
-			return conn_close(c, RES_ERROR, "client connection lost");
+			return lost(c, &c->u2c, &c->cl, "client connection lost");
 		progress |= r > 0;
 	}
 	if ((r = client_parse(c)) < 0)
@@ -539,7 +552,7 @@ static int relay_io(struct conn *c)
 	if (pump_can_read(&c->u2c)) {
 		r = pump_read(&c->u2c, &c->up);
 		if (r == PUMP_ERROR)
-			return conn_close(c, RES_ERROR, "upstream connection lost");
+			return lost(c, &c->c2u, &c->up, "upstream connection lost");
 		progress |= r > 0;
 	}
 	if ((r = server_parse(c)) < 0)

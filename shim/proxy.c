@@ -65,13 +65,16 @@ static int parse_v1(const uint8_t *p, size_t len, struct proxy_info *out)
 	line[n - 2] = '\0';
 	if (memchr(line, '\0', n - 2) != NULL)
 		return -1;
-	for (char *t = strtok_r(line, " ", &save); t && nf < 6; t = strtok_r(NULL, " ", &save))
-		f[nf++] = t;
+	for (char *t = strtok_r(line, " ", &save); t != NULL; t = strtok_r(NULL, " ", &save)) {
+		if (nf < 6)
+			f[nf] = t;
+		nf++;
+	}
 	if (nf >= 2 && strcmp(f[0], "PROXY") == 0 && strcmp(f[1], "UNKNOWN") == 0) {
 		out->local = 1;
 		return (int)n;
 	}
-	if (nf != 6 || strtok_r(NULL, " ", &save) != NULL || strcmp(f[0], "PROXY") != 0)
+	if (nf != 6 || strcmp(f[0], "PROXY") != 0)
 		return -1;
 	if (strcmp(f[1], "TCP4") == 0)
 		fam = AF_INET;
