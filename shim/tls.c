@@ -171,7 +171,7 @@ static SSL_CTX *upstream_ctx(struct svc_tls *t, const struct service *svc,
 		X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
 		if ((is_ip(svc->upstream_name) ?
 		    X509_VERIFY_PARAM_set1_ip_asc(param, svc->upstream_name) :
-		    X509_VERIFY_PARAM_set1_host(param, svc->upstream_name, 0)) != 1) {
+		    X509_VERIFY_PARAM_set1_host(param, svc->upstream_name, strlen(svc->upstream_name))) != 1) {
 			fail(err, errlen, "bad upstream_name", svc->upstream_name);
 			goto err;
 		}

@@ -1,0 +1,120 @@
+/*
+ * libFuzzer: the SMTP state machine driven the way a session drives it.
+ * The first byte picks the listen mode, plain_allowed and upstream STARTTLS;
+ * the rest is a script of chunks, each tagged for the client side, the
+ * server side (or the STARTTLS dialogue before it) or a TLS transition.
+ * Bytes a verdict leaves uncovered are offered again with the next chunk,
+ * as the caller's buffer would. Invariants: n never exceeds the input, and
+ * verdicts that carry a reply carry a sane one.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "smtp.h"
+
+#define PEND (SMTP_LINE_MAX * 4)
+
+struct side {
+	uint8_t buf[PEND];
+	size_t len;
+};
+
+static char scratch[SMTP_EHLO_MAX + 64];
+
+static void check(struct smtp_result r, size_t len)
+{
+	if (r.n > len)
+		abort();
+	if (r.reply != NULL && (r.reply_len < 4 || r.reply_len > SMTP_EHLO_MAX + 64))
+		abort();
+	if (r.reply != NULL && (r.reply[r.reply_len - 1] != '\n'))
+		abort();
+}
+
+static void drop(struct side *s, size_t n)
+{
+	memmove(s->buf, s->buf + n, s->len - n);
+	s->len -= n;
+}
+
+static int run_client(struct smtp *s, struct side *c)
+{
+	for (int i = 0; i < 256 && c->len > 0; i++) {
+		struct smtp_result r = smtp_client(s, c->buf, c->len);
+		check(r, c->len);
+		if (r.v == SMTP_MORE || r.v == SMTP_HOLD)
+			return 0;
+		if (r.v == SMTP_CLOSE)
+			return -1;
+		drop(c, r.n);
+		if (r.v == SMTP_STARTTLS) {
+			if (c->len > 0)
+				return -1;      /* injection: the session ends */
+			smtp_listen_tls_up(s);
+		}
+	}
+	return 0;
+}
+
+static int run_server(struct smtp *s, struct side *v, int *setup)
+{
+	for (int i = 0; i < 256 && v->len > 0; i++) {
+		struct smtp_result r = *setup ? smtp_setup(s, v->buf, v->len) :
+		    smtp_server(s, v->buf, v->len, scratch);
+		check(r, v->len);
+		if (r.v == SMTP_MORE || r.v == SMTP_HOLD)
+			return 0;
+		if (r.v == SMTP_CLOSE || r.v == SMTP_REFUSE)
+			return -1;
+		drop(v, r.n);
+		if (r.v == SMTP_START_TLS) {
+			smtp_upstream_tls_up(s);
+			*setup = 0;
+		}
+	}
+	return 0;
+}
+
+static int feed(struct side *s, const uint8_t *p, size_t n)
+{
+	if (n > PEND - s->len)
+		n = PEND - s->len;
+	memcpy(s->buf + s->len, p, n);
+	s->len += n;
+	return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	static struct side c, v;
+	struct smtp s;
+	int setup;
+
+	if (size < 1)
+		return 0;
+	setup = (data[0] >> 3) & 1;
+	smtp_init(&s, (enum smtp_listen)(data[0] % 3), (data[0] >> 2) & 1, setup);
+	c.len = v.len = 0;
+	data++;
+	size--;
+	while (size >= 2) {
+		uint8_t tag = data[0];
+		size_t n = data[1] % 64 + 1;
+		data += 2;
+		size -= 2;
+		if (n > size)
+			n = size;
+		if (tag & 1) {
+			feed(&v, data, n);
+			if (run_server(&s, &v, &setup) < 0)
+				return 0;
+		} else {
+			feed(&c, data, n);
+		}
+		if (run_client(&s, &c) < 0)
+			return 0;
+		data += n;
+		size -= n;
+	}
+	return 0;
+}
