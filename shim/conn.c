@@ -14,6 +14,7 @@
 
 #include "endpoint.h"
 #include "log.h"
+#include "proxy.h"
 #include "relay.h"
 
 #define CONN_MAGIC 0x6d73636eu
@@ -30,7 +31,7 @@ static const char reply_tls_failed[] =
 static const char reply_internal[] =
     "421 4.3.0 Temporary failure, try again later\r\n";
 
-enum cl_state { CL_HANDSHAKE, CL_READY, CL_STARTTLS };
+enum cl_state { CL_HANDSHAKE, CL_READY, CL_STARTTLS, CL_PROXY };
 enum up_state { UP_CONNECTING, UP_SETUP, UP_HANDSHAKE, UP_READY, UP_GONE };
 enum phase { PH_OPEN, PH_RELAY, PH_FINAL };
 enum result { RES_OK, RES_REFUSED, RES_ERROR };
@@ -54,6 +55,8 @@ struct conn {
 	ev_tstamp start, deadline;
 	char *reason;                 /* why the session is ending (FINAL) */
 	char *greeting;               /* upstream banner held during STARTTLS */
+	uint8_t *proxy;               /* PROXY header read so far (CL_PROXY) */
+	uint16_t proxy_len;
 	uint32_t greeting_len;
 	const char *cl_ver, *cl_cipher, *up_ver, *up_auth;
 	union {
@@ -162,6 +165,7 @@ static int conn_close(struct conn *c, enum result res, const char *reason)
 		c->next->prev = c->prev;
 	free(c->greeting);
 	free(c->reason);
+	free(c->proxy);
 	c->magic = 0;
 	free(c);
 	w->nconns--;
@@ -245,6 +249,26 @@ static int upstream_tls_start(struct conn *c)
 	return 1;
 }
 
+/*
+ * Announce the real client to the upstream before anything else, TLS
+ * included. A header this small always fits a fresh socket's buffer.
+ */
+static int send_proxy(struct conn *c)
+{
+	struct sockaddr_storage local;
+	socklen_t len = sizeof(local);
+	uint8_t hdr[128];
+	size_t n;
+
+	if (getsockname(c->cl.fd, (struct sockaddr *)&local, &len) < 0)
+		return -1;
+	n = proxy_build(c->svc->svc->upstream_proxy_protocol == PROXY_V2 ? 2 : 1,
+	    &c->peer.sa, (struct sockaddr *)&local, hdr, sizeof(hdr));
+	if (n == 0 || send(c->up.fd, hdr, n, MSG_NOSIGNAL) != (ssize_t)n)
+		return -1;
+	return 0;
+}
+
 static int upstream_connected(struct conn *c)
 {
 	char reason[200];
@@ -260,6 +284,8 @@ static int upstream_connected(struct conn *c)
 		return conn_fail(c, RES_ERROR, reason, reply_unavailable);
 	}
 	set_deadline(c, c->svc->svc->timeout_handshake_ms);
+	if (c->svc->svc->upstream_proxy_protocol != PROXY_NO && send_proxy(c) < 0)
+		return conn_fail(c, RES_ERROR, "cannot send the PROXY header upstream", reply_unavailable);
 	switch (c->svc->svc->upstream_tls) {
 	case MODE_PLAIN:
 		c->up_state = UP_READY;
@@ -404,9 +430,73 @@ static int relay_enter(struct conn *c)
 	return 1;
 }
 
+static int upstream_connect(struct conn *c);
+
+/* The client's side is known: start TLS with it (implicit) and connect. */
+static int client_known(struct conn *c)
+{
+	const struct service *s = c->svc->svc;
+
+	c->cl_state = CL_READY;
+	c->cl.rd_wait = c->cl.wr_wait = 0;
+	if (s->listen_tls == MODE_IMPLICIT) {
+		c->cl.ssl = tls_new_listen(&c->svc->tls, c->cl.fd);
+		if (c->cl.ssl == NULL)
+			return conn_close(c, RES_ERROR, "cannot start TLS with the client");
+		c->cl_state = CL_HANDSHAKE;
+	}
+	set_deadline(c, s->timeout_connect_ms);
+	return upstream_connect(c);
+}
+
+/*
+ * A PROXY header from a load balancer comes first. Peek, then take exactly
+ * the header's bytes, so what follows (a TLS ClientHello, say) stays in
+ * the socket for whoever reads next. While the header is incomplete every
+ * byte seen belongs to it, so those are taken too (no busy loop on a peek).
+ */
+static int proxy_turn(struct conn *c)
+{
+	struct proxy_info pi;
+	ssize_t n;
+	int r;
+
+	if (c->cl.rd_wait)
+		return 0;
+	if (c->proxy == NULL && (c->proxy = malloc(PROXY_MAX)) == NULL)
+		return conn_close(c, RES_ERROR, "out of memory");
+	n = recv(c->cl.fd, c->proxy + c->proxy_len, PROXY_MAX - c->proxy_len, MSG_PEEK);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+		c->cl.rd_wait = EV_READ;
+		return 0;
+	}
+	if (n <= 0)
+		return conn_close(c, RES_ERROR, "client left before its PROXY header");
+	r = proxy_parse(c->proxy, c->proxy_len + (size_t)n, &pi);
+	if (r < 0)
+		return conn_close(c, RES_REFUSED, "bad PROXY header");
+	if (r > 0)
+		n = r - c->proxy_len;
+	if (recv(c->cl.fd, c->proxy + c->proxy_len, (size_t)n, 0) != n)
+		return conn_close(c, RES_ERROR, "client connection lost");
+	c->proxy_len += (uint16_t)n;
+	if (r == 0)
+		return 1;
+	free(c->proxy);
+	c->proxy = NULL;
+	if (!pi.local) {
+		memcpy(&c->peer, &pi.src, pi.len < sizeof(c->peer) ? pi.len : sizeof(c->peer));
+		c->smtp.plain_allowed = config_plain_allowed(c->svc->svc, &c->peer.sa);
+	}
+	return client_known(c);
+}
+
 static int open_turn(struct conn *c)
 {
 	int progress = 0, r;
+
+	if (c->cl_state == CL_PROXY)
+		return proxy_turn(c);
 
 	if (c->cl_state == CL_HANDSHAKE) {
 		r = client_handshake(c);
@@ -642,6 +732,10 @@ static void conn_arm(struct conn *c)
 	bool cl_io = c->cl_state == CL_READY && c->phase != PH_OPEN;
 	bool up_io = relay && c->up_state == UP_READY;
 
+	if (c->cl_state == CL_PROXY) {
+		ep_watch(&c->cl, loop, EV_READ);
+		return;
+	}
 	ep_watch(&c->cl, loop, cl_hs ? want(&c->cl, false, true) :
 	    want(&c->cl, cl_io && relay && pump_can_read(&c->c2u),
 	    (cl_io || c->cl_state == CL_STARTTLS) &&
@@ -730,6 +824,8 @@ static int conn_timeout(struct conn *c)
 {
 	switch (c->phase) {
 	case PH_OPEN:
+		if (c->cl_state == CL_PROXY)
+			return conn_close(c, RES_ERROR, "no PROXY header in time");
 		if (c->cl_state != CL_READY)
 			return conn_close(c, RES_ERROR, "client TLS handshake timeout");
 		if (c->up_state == UP_CONNECTING)
@@ -842,18 +938,12 @@ void conn_start(struct worker *w, struct svc_rt *svc, int fd,
 		w->live->prev = c;
 	w->live = c;
 	w->nconns++;
-	c->cl_state = CL_READY;
-	if (s->listen_tls == MODE_IMPLICIT) {
-		c->cl.ssl = tls_new_listen(&svc->tls, fd);
-		if (c->cl.ssl == NULL) {
-			conn_close(c, RES_ERROR, "cannot start TLS with the client");
-			return;
-		}
-		c->cl_state = CL_HANDSHAKE;
-	}
-	set_deadline(c, s->timeout_connect_ms);
-	if (upstream_connect(c) < 0)
+	if (s->proxy_protocol) {
+		c->cl_state = CL_PROXY;
+		set_deadline(c, s->timeout_handshake_ms);
+	} else if (client_known(c) < 0) {
 		return;
+	}
 	conn_step(c);
 }
 

@@ -650,12 +650,6 @@ static void test_unbuilt(void)
 		  "t.conf:4: upstream_verify = dane is not supported in this build\n" },
 		{ SVC "upstream_verify = dane-only\n",
 		  "t.conf:4: upstream_verify = dane-only is not supported" },
-		{ SVC "proxy_protocol = yes\n",
-		  "t.conf:4: proxy_protocol = yes is not supported" },
-		{ SVC "upstream_proxy_protocol = v1\n",
-		  "t.conf:4: upstream_proxy_protocol = v1 is not supported" },
-		{ SVC "upstream_proxy_protocol = v2\n",
-		  "t.conf:4: upstream_proxy_protocol = v2 is not supported" },
 		{ SVC "upstream_xclient = yes\n",
 		  "t.conf:4: upstream_xclient = yes is not supported" },
 		{ "[global]\nmetrics = 127.0.0.1:9465\n" SVC,
@@ -669,6 +663,10 @@ static void test_unbuilt(void)
 	    "upstream_proxy_protocol = no\nupstream_xclient = no\n"
 	    "upstream_tls = starttls\nlisten_tls = starttls\nlisten_cert = /c");
 	CHECK(cfg != NULL);
+	config_free(cfg);
+	cfg = service_kv("proxy_protocol = yes\nupstream_proxy_protocol = v2");
+	CHECK(cfg && cfg->services[0].proxy_protocol &&
+	    cfg->services[0].upstream_proxy_protocol == PROXY_V2);
 	config_free(cfg);
 	cfg = global_kv("log = syslog");
 	CHECK(cfg && cfg->log == LOG_SYSLOG);
