@@ -304,7 +304,8 @@ const char *tls_handshake_error(SSL *ssl, char *buf, size_t len)
 	long v = SSL_get_verify_result(ssl);
 	unsigned long e;
 
-	if (v != X509_V_OK) {
+	/* The verification result means something only if a chain came in. */
+	if (v != X509_V_OK && SSL_get0_peer_certificates(ssl) != NULL) {
 		snprintf(buf, len, "certificate verification failed: %s",
 		    X509_verify_cert_error_string(v));
 	} else if ((e = ERR_peek_last_error()) != 0) {

@@ -816,6 +816,16 @@ static void test_long_replies(void)
 	CHECK_STR(r.reason, "EHLO reply too long");
 	buf_free(&edge);
 
+	/* Under the limit, but bare LF lines grow by a CR each in the rewrite. */
+	struct buf tiny = { 0 };
+	puts_(&tiny, G);
+	for (int i = 0; i < 1300; i++)
+		puts_(&tiny, "250-a\n");
+	puts_(&tiny, "250 b\n");
+	struct step tst[] = { { "EHLO c\r\n", 8, tiny.p, tiny.len }, { 0 } };
+	scenario("EHLO rewrite too long", SMTP_LISTEN_PLAIN, false, tst, &ew);
+	buf_free(&tiny);
+
 	static const struct step mixed[] = {
 		STEP("EHLO c\r\n", G "250-mx\r\n251 x\r\n"), { 0 } };
 	struct want mw = { "EHLO c\r\n", G R421, MALFORMED, 1 };

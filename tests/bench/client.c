@@ -1,0 +1,538 @@
+/* client.c: the load generator of the benchmarks. One process, one epoll
+ * loop, many concurrent implicit-TLS SMTP sessions against one proxy.
+ *
+ * It links the system's OpenSSL: it is a client of the proxies under
+ * test, never part of mailshim. Every session is a full TLS 1.3 handshake
+ * (no session cache, no resumption), one cipher suite and one key-exchange
+ * group for all proxies, so each proxy does the same cryptographic work.
+ *
+ *   client -m sessions -p PORT -n N -c CONC [-b BODY] [-t SECS]
+ *       N sessions, CONC at a time: TLS handshake, greeting, EHLO, MAIL,
+ *       RCPT, DATA with a BODY-byte message (default 2048), QUIT.
+ *   client -m bulk -p PORT -n N -c N -b BYTES [-t SECS]
+ *       the same transaction with a BYTES-byte body per session.
+ *   client -m idle -p PORT -n N -c CONC [-t SECS]
+ *       open N sessions (handshake done, greeting read), print
+ *       "ready OK FAILED" on stdout, then stay idle until stdin reaches
+ *       end of file or a line arrives, and close them all.
+ *
+ * At the end it prints one line of key=value results on stdout. Exit 0 when
+ * every session succeeded, 1 when some failed, 2 on usage or setup errors,
+ * 3 when the time limit (-t, default 120 s) ran out.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+enum mode { M_SESSIONS, M_BULK, M_IDLE };
+
+enum state {
+	S_CONNECTING,
+	S_HANDSHAKE,
+	S_REPLY,	/* reading a reply, then the next step */
+	S_SEND,		/* writing a command */
+	S_BODY,		/* writing the message body */
+	S_IDLE,
+	S_DONE,
+};
+
+/* The SMTP dialogue: each step sends a line (or the body) and then waits
+ * for a reply with the given code. Step 0 sends nothing (the greeting). */
+struct step {
+	const char *send;	/* NULL: the body */
+	int expect;
+};
+
+static const struct step script[] = {
+	{ "", 220 },
+	{ "EHLO client.bench.test\r\n", 250 },
+	{ "MAIL FROM:<sender@bench.test>\r\n", 250 },
+	{ "RCPT TO:<rcpt@bench.test>\r\n", 250 },
+	{ "DATA\r\n", 354 },
+	{ NULL, 250 },
+	{ "QUIT\r\n", 221 },
+};
+#define NSTEPS (int)(sizeof script / sizeof script[0])
+
+struct conn {
+	int fd;
+	SSL *ssl;
+	enum state st;
+	int step;
+	char in[4096];
+	size_t inlen;
+	const char *out;
+	size_t outlen, outoff;
+	uint64_t body_left;	/* bytes of body still to write */
+	int body_tail;		/* the final ".\r\n" is being written */
+};
+
+static enum mode mode = M_SESSIONS;
+static int port;
+static long total = 100;
+static int conc = 10;
+static uint64_t body_bytes = 2048;
+static double time_limit = 120;
+
+static SSL_CTX *ctx;
+static int ep;
+static struct sockaddr_in dst;
+static long started, ok, failed, ready, dropped;
+static int active;
+static char *chunk;		/* body text, lines of 78 characters + CRLF */
+static size_t chunk_len;
+static const char *last_err = "";
+static char cipher[64] = "-", group[64] = "-", version[32] = "-";
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void die(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fputs("client: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	va_end(ap);
+	exit(2);
+}
+
+static void conn_free(struct conn *c)
+{
+	if (c->ssl)
+		SSL_free(c->ssl);
+	if (c->fd >= 0)
+		close(c->fd);
+	free(c);
+	active--;
+}
+
+static void conn_fail(struct conn *c, const char *why)
+{
+	last_err = why;
+	if (c->st == S_IDLE)
+		dropped++;
+	else
+		failed++;
+	conn_free(c);
+}
+
+static void conn_finish(struct conn *c)
+{
+	/* One close_notify, no wait for the peer's: the session is over. */
+	SSL_shutdown(c->ssl);
+	ok++;
+	conn_free(c);
+}
+
+static int conn_start(void)
+{
+	struct conn *c = calloc(1, sizeof *c);
+	if (!c)
+		die("out of memory");
+	started++;
+	active++;
+	c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (c->fd < 0) {
+		last_err = "socket";
+		failed++;
+		free(c);
+		active--;
+		return -1;
+	}
+	int one = 1;
+	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	if (connect(c->fd, (struct sockaddr *)&dst, sizeof dst) < 0 && errno != EINPROGRESS) {
+		conn_fail(c, "connect");
+		return -1;
+	}
+	c->st = S_CONNECTING;
+	struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLET, .data.ptr = c };
+	if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev) < 0) {
+		conn_fail(c, "epoll_ctl");
+		return -1;
+	}
+	return 0;
+}
+
+/* 1: a complete reply is in c->in (its code in *code), 0: not yet. */
+static int reply_complete(struct conn *c, int *code)
+{
+	size_t start = 0;
+	for (;;) {
+		char *nl = memchr(c->in + start, '\n', c->inlen - start);
+		if (!nl)
+			return 0;
+		size_t len = (size_t)(nl - (c->in + start)) + 1;
+		const char *l = c->in + start;
+		if (len >= 4 && l[3] == ' ') {
+			*code = (l[0] - '0') * 100 + (l[1] - '0') * 10 + (l[2] - '0');
+			return 1;
+		}
+		if (len < 4 || l[3] != '-') {
+			*code = -1;
+			return 1;
+		}
+		start += len;
+	}
+}
+
+static void record_params(SSL *ssl)
+{
+	if (cipher[0] != '-')
+		return;
+	snprintf(cipher, sizeof cipher, "%s", SSL_get_cipher_name(ssl));
+	snprintf(version, sizeof version, "%s", SSL_get_version(ssl));
+	int nid = SSL_get_negotiated_group(ssl);
+	const char *g = nid ? OBJ_nid2sn(nid) : NULL;
+	snprintf(group, sizeof group, "%s", g ? g : "?");
+}
+
+static void next_step(struct conn *c)
+{
+	c->step++;
+	c->inlen = 0;
+	if (c->step >= NSTEPS) {
+		c->st = S_DONE;
+		return;
+	}
+	if (mode == M_IDLE && c->step == 1) {
+		c->st = S_IDLE;
+		ready++;
+		return;
+	}
+	const struct step *s = &script[c->step];
+	if (s->send) {
+		c->out = s->send;
+		c->outlen = strlen(s->send);
+		c->outoff = 0;
+		c->st = S_SEND;
+	} else {
+		c->body_left = body_bytes;
+		c->body_tail = 0;
+		c->outoff = 0;
+		c->st = S_BODY;
+	}
+}
+
+/* Runs one connection as far as it can go without blocking. */
+static void conn_run(struct conn *c)
+{
+	for (;;) {
+		int r, e;
+		switch (c->st) {
+		case S_CONNECTING: {
+			int err = 0;
+			socklen_t l = sizeof err;
+			getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l);
+			if (err) {
+				conn_fail(c, "connect refused");
+				return;
+			}
+			c->ssl = SSL_new(ctx);
+			if (!c->ssl)
+				die("SSL_new");
+			SSL_set_fd(c->ssl, c->fd);
+			SSL_set_tlsext_host_name(c->ssl, "localhost");
+			SSL_set_connect_state(c->ssl);
+			c->st = S_HANDSHAKE;
+			break;
+		}
+		case S_HANDSHAKE:
+			r = SSL_do_handshake(c->ssl);
+			if (r == 1) {
+				record_params(c->ssl);
+				c->step = 0;
+				c->inlen = 0;
+				c->st = S_REPLY;
+				break;
+			}
+			e = SSL_get_error(c->ssl, r);
+			if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+				return;
+			ERR_clear_error();
+			conn_fail(c, "handshake");
+			return;
+		case S_REPLY:
+		case S_IDLE: {
+			if (c->inlen >= sizeof c->in - 1) {
+				conn_fail(c, "reply too long");
+				return;
+			}
+			r = SSL_read(c->ssl, c->in + c->inlen, (int)(sizeof c->in - 1 - c->inlen));
+			if (r <= 0) {
+				e = SSL_get_error(c->ssl, r);
+				if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+					return;
+				ERR_clear_error();
+				conn_fail(c, c->st == S_IDLE ? "idle session closed" : "read");
+				return;
+			}
+			if (c->st == S_IDLE) {
+				c->inlen = 0;	/* unexpected bytes: ignore */
+				break;
+			}
+			c->inlen += (size_t)r;
+			int code;
+			if (!reply_complete(c, &code))
+				break;
+			if (code != script[c->step].expect) {
+				conn_fail(c, "unexpected reply");
+				return;
+			}
+			next_step(c);
+			if (c->st == S_DONE) {
+				conn_finish(c);
+				return;
+			}
+			break;
+		}
+		case S_SEND:
+			r = SSL_write(c->ssl, c->out + c->outoff, (int)(c->outlen - c->outoff));
+			if (r <= 0) {
+				e = SSL_get_error(c->ssl, r);
+				if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+					return;
+				ERR_clear_error();
+				conn_fail(c, "write");
+				return;
+			}
+			c->outoff += (size_t)r;
+			if (c->outoff == c->outlen) {
+				c->inlen = 0;
+				c->st = S_REPLY;
+			}
+			break;
+		case S_BODY: {
+			const char *p;
+			size_t n;
+			if (c->body_tail) {
+				p = ".\r\n" + c->outoff;
+				n = 3 - c->outoff;
+			} else {
+				/* The body is whole lines of chunk; the last write is cut
+				 * at a line end so the message always ends in CRLF. */
+				size_t off = c->outoff;
+				n = chunk_len - off;
+				if (n > c->body_left)
+					n = (size_t)c->body_left;
+				p = chunk + off;
+			}
+			if (n == 0) {
+				c->body_tail = 1;
+				c->outoff = 0;
+				break;
+			}
+			r = SSL_write(c->ssl, p, (int)n);
+			if (r <= 0) {
+				e = SSL_get_error(c->ssl, r);
+				if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+					return;
+				ERR_clear_error();
+				conn_fail(c, "write body");
+				return;
+			}
+			if (c->body_tail) {
+				c->outoff += (size_t)r;
+				if (c->outoff == 3) {
+					c->inlen = 0;
+					c->st = S_REPLY;
+				}
+			} else {
+				c->body_left -= (uint64_t)r;
+				c->outoff += (size_t)r;
+				if (c->outoff == chunk_len)
+					c->outoff = 0;
+				if (c->body_left == 0) {
+					/* end on a line boundary */
+					size_t into = c->outoff % 80;
+					if (into) {
+						c->body_left = 80 - into;
+						continue;
+					}
+					c->body_tail = 1;
+					c->outoff = 0;
+				}
+			}
+			break;
+		}
+		case S_DONE:
+			return;
+		}
+	}
+}
+
+static void make_chunk(void)
+{
+	/* 64 KiB of 80-byte lines (78 characters and CRLF) that look like a
+	 * base64 attachment: no line starts with a dot. */
+	static const char b64[] =
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	chunk_len = 819 * 80;
+	chunk = malloc(chunk_len);
+	if (!chunk)
+		die("out of memory");
+	uint32_t x = 2463534242u;
+	for (size_t i = 0; i < chunk_len; i += 80) {
+		for (size_t j = 0; j < 78; j++) {
+			x ^= x << 13;
+			x ^= x >> 17;
+			x ^= x << 5;
+			chunk[i + j] = b64[x & 63];
+		}
+		chunk[i + 78] = '\r';
+		chunk[i + 79] = '\n';
+	}
+}
+
+static void usage(void)
+{
+	fprintf(stderr, "usage: client -m sessions|bulk|idle -p PORT [-n N] [-c CONC] "
+			"[-b BODY_BYTES] [-t SECONDS]\n");
+	exit(2);
+}
+
+int main(int argc, char **argv)
+{
+	int opt;
+	while ((opt = getopt(argc, argv, "m:p:n:c:b:t:")) != -1) {
+		switch (opt) {
+		case 'm':
+			if (!strcmp(optarg, "sessions"))
+				mode = M_SESSIONS;
+			else if (!strcmp(optarg, "bulk"))
+				mode = M_BULK;
+			else if (!strcmp(optarg, "idle"))
+				mode = M_IDLE;
+			else
+				usage();
+			break;
+		case 'p': port = atoi(optarg); break;
+		case 'n': total = atol(optarg); break;
+		case 'c': conc = atoi(optarg); break;
+		case 'b': body_bytes = strtoull(optarg, NULL, 10); break;
+		case 't': time_limit = atof(optarg); break;
+		default: usage();
+		}
+	}
+	if (port <= 0 || port > 65535 || total <= 0 || conc <= 0)
+		usage();
+
+	signal(SIGPIPE, SIG_IGN);
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	make_chunk();
+
+	ctx = SSL_CTX_new(TLS_client_method());
+	if (!ctx)
+		die("SSL_CTX_new");
+	SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+	SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
+	if (SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256") != 1)
+		die("ciphersuites");
+	if (SSL_CTX_set1_groups_list(ctx, "X25519") != 1)
+		die("groups");
+	if (SSL_CTX_set1_sigalgs_list(ctx, "ECDSA+SHA256") != 1)
+		die("sigalgs");
+	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+	SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+
+	memset(&dst, 0, sizeof dst);
+	dst.sin_family = AF_INET;
+	dst.sin_port = htons((uint16_t)port);
+	dst.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+
+	ep = epoll_create1(EPOLL_CLOEXEC);
+	if (ep < 0)
+		die("epoll_create1");
+	int in_watch = 0;
+	if (mode == M_IDLE) {
+		fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
+		struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
+		if (epoll_ctl(ep, EPOLL_CTL_ADD, 0, &ev) < 0)
+			die("stdin cannot be watched");
+		in_watch = 1;
+	}
+
+	double t0 = now(), deadline = t0 + time_limit, t_ready = 0;
+	int timed_out = 0, announced = 0, release = 0;
+	struct epoll_event evs[256];
+	for (;;) {
+		/* Sessions in the handshake or dialogue count against CONC;
+		 * idle ones do not. */
+		while (started < total && (active - (mode == M_IDLE ? ready - dropped : 0)) < conc)
+			conn_start();
+		if (mode == M_IDLE) {
+			if (!announced && ready + failed + dropped >= total) {
+				announced = 1;
+				t_ready = now();
+				printf("ready %ld %ld\n", ready, failed);
+				fflush(stdout);
+			}
+			if (release || (announced && active == 0))
+				break;
+		} else if (started >= total && active == 0) {
+			break;
+		}
+		double left = deadline - now();
+		if (left <= 0) {
+			timed_out = 1;
+			break;
+		}
+		int n = epoll_wait(ep, evs, 256, left > 1 ? 1000 : (int)(left * 1000) + 1);
+		if (n < 0 && errno != EINTR)
+			die("epoll_wait");
+		for (int i = 0; i < n; i++) {
+			if (!evs[i].data.ptr) {
+				char b[64];
+				ssize_t r = read(0, b, sizeof b);
+				if (r == 0 || r > 0) {
+					release = 1;
+					if (in_watch)
+						epoll_ctl(ep, EPOLL_CTL_DEL, 0, NULL);
+					in_watch = 0;
+				}
+				continue;
+			}
+			conn_run(evs[i].data.ptr);
+		}
+	}
+	double secs = now() - t0;
+	if (mode == M_IDLE && t_ready)
+		secs = t_ready - t0;
+	printf("mode=%s ok=%ld ready=%ld failed=%ld dropped=%ld started=%ld secs=%.3f "
+	       "version=%s cipher=%s group=%s timed_out=%d last_error=\"%s\"\n",
+	       mode == M_SESSIONS ? "sessions" : mode == M_BULK ? "bulk" : "idle",
+	       ok, ready, failed, dropped, started, secs, version, cipher, group, timed_out, last_err);
+	fflush(stdout);
+	if (timed_out)
+		return 3;
+	return (failed || dropped) ? 1 : 0;
+}

@@ -1,0 +1,47 @@
+#!/bin/sh
+# deps.sh: install from Debian's archive what building and testing mailshim
+# needs, only when something is missing. Never leaves a system Postfix
+# running: the tests start private instances of their own.
+set -eu
+
+build="gcc make android-libboringssl-dev libev-dev clang libclang-rt-14-dev"
+peers="openssl swaks postfix python3-aiosmtpd python3-pytest stunnel4 procps iproute2"
+
+missing=
+for p in $build $peers; do
+	status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || :)
+	case $status in
+	*" ok installed") ;;
+	*) missing="$missing $p" ;;
+	esac
+done
+
+[ -n "$missing" ] || exit 0
+
+if [ "$(id -u)" != 0 ]; then
+	echo "deps.sh: missing Debian packages:$missing" >&2
+	echo "deps.sh: as root, run: apt-get update && apt-get install -y --no-install-recommends$missing" >&2
+	exit 1
+fi
+
+echo "deps.sh: installing:$missing"
+export DEBIAN_FRONTEND=noninteractive
+# Postfix's package asks how to configure the system's mail; answer "no
+# configuration" so it neither prompts nor sets up a listening daemon.
+if command -v debconf-set-selections >/dev/null 2>&1; then
+	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+fi
+apt-get update
+# shellcheck disable=SC2086 # word splitting of the package list is wanted
+apt-get install -y --no-install-recommends $missing
+
+# The package may have started the system's Postfix; the tests never use it.
+case $missing in
+*postfix*)
+	postfix stop >/dev/null 2>&1 || :
+	if command -v systemctl >/dev/null 2>&1; then
+		systemctl stop postfix >/dev/null 2>&1 || :
+	fi
+	;;
+esac
+exit 0
