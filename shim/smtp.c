@@ -76,6 +76,7 @@ static const struct text
     t_tls_active = TEXT("554 5.5.1 TLS already active\r\n"),
     t_no_tls = TEXT("502 5.5.1 STARTTLS not available\r\n"),
     t_bdat = TEXT("501 5.5.4 Syntax: BDAT size [LAST]\r\n"),
+    t_no_bdat = TEXT("502 5.5.1 BDAT not supported by the mail server\r\n"),
     t_bare_lf = TEXT("554 5.5.2 bare LF around end-of-data refused\r\n"),
     t_bare_cr = TEXT("554 5.5.2 bare CR around end-of-data refused\r\n"),
     t_malformed = TEXT("421 4.4.0 upstream sent a malformed reply\r\n"),
@@ -279,9 +280,9 @@ static bool allowed(const struct smtp *s, const struct verb *v)
 /* The chunk of a refused BDAT still follows: drop it rather than read
  * its bytes as commands. */
 static struct smtp_result refuse_verb(struct smtp *s, size_t n,
-    const struct verb *v)
+    const struct verb *v, const struct text *why)
 {
-	struct smtp_result r = say(s, n, s->need_ehlo ? &t_need_ehlo : &t_need_tls);
+	struct smtp_result r = say(s, n, why);
 
 	if (r.v == SMTP_REPLY && v->kind == K_BDAT && s->chunk_left)
 		s->cstate = C_DISCARD;
@@ -356,7 +357,10 @@ static struct smtp_result command(struct smtp *s, const uint8_t *p, size_t len)
 	if (v->kind == K_BDAT && !parse_bdat(s, p, n))
 		return die(s, &t_bdat, "malformed BDAT");
 	if (!allowed(s, v))
-		return refuse_verb(s, n, v);
+		return refuse_verb(s, n, v, s->need_ehlo ? &t_need_ehlo : &t_need_tls);
+	/* An upstream without CHUNKING would read the chunk as commands. */
+	if (v->kind == K_BDAT && !s->up_chunking)
+		return refuse_verb(s, n, v, &t_no_bdat);
 	return proceed(s, p, n, v);
 }
 
@@ -644,14 +648,14 @@ static size_t next_line(const uint8_t *p, size_t at, size_t n)
 }
 
 /* Keyword lines after the first (the first names the server). */
-static bool offers_starttls(const uint8_t *p, size_t n)
+static bool offers(const uint8_t *p, size_t n, const char *word)
 {
 	for (size_t at = next_line(p, 0, n), end; at < n; at = end) {
 		size_t tlen;
 		const uint8_t *t;
 		end = next_line(p, at, n);
 		t = line_text(p + at, end - at, &tlen);
-		if (keyword(t, tlen, "STARTTLS", false))
+		if (keyword(t, tlen, word, false))
 			return true;
 	}
 	return false;
@@ -734,8 +738,10 @@ static struct smtp_result ehlo_reply(struct smtp *s, const uint8_t *p,
 		return verdict(SMTP_MORE, 0);
 	if (g == G_BAD)
 		return malformed(s);
-	if (g == G_DONE)
+	if (g == G_DONE) {
 		t.len = rewrite(s, p, n, scratch);
+		s->up_chunking = offers(p, n, "CHUNKING");
+	}
 	if (t.len == 0)
 		return die(s, &t_malformed, "EHLO reply too long");
 	reply_reset(s);
@@ -834,7 +840,7 @@ static struct smtp_result setup_ehlo(struct smtp *s, const uint8_t *p,
 {
 	if (code / 100 != 2)
 		return refuse(s, n, "upstream refused EHLO");
-	s->reply_starttls = offers_starttls(p, n);
+	s->reply_starttls = offers(p, n, "STARTTLS");
 	if (!s->reply_starttls)
 		return refuse(s, n, "upstream offered no STARTTLS");
 	s->setup = SETUP_STARTTLS;

@@ -82,6 +82,7 @@ struct smtp {
 	uint16_t reply_code;      /* code of the reply being read, 0 if none */
 	size_t reply_len;         /* bytes of the reply being read so far */
 	bool reply_starttls;      /* setup: EHLO reply has STARTTLS */
+	bool up_chunking;         /* the upstream's EHLO reply offered CHUNKING */
 	/* Commands waiting for replies, oldest first (ring buffer). */
 	uint8_t q[SMTP_QUEUE];
 	uint8_t qhead, qlen;

@@ -331,15 +331,15 @@ static void scenario(const char *name, enum smtp_listen m, bool plain_allowed,
 
 #define G "220 mx.example ESMTP\r\n"
 #define EHLO_UP "250-mx.example\r\n250-PIPELINING\r\n250-starttls\r\n" \
-	"250-AUTH PLAIN LOGIN\r\n250-AUTH=PLAIN\r\n250-SIZE 1000\r\n250 8BITMIME\r\n"
+	"250-AUTH PLAIN LOGIN\r\n250-AUTH=PLAIN\r\n250-SIZE 1000\r\n250-CHUNKING\r\n250 8BITMIME\r\n"
 /* EHLO_UP as a client sees it: */
 #define EHLO_TLS_REQUIRED "250-mx.example\r\n250-PIPELINING\r\n" \
-	"250-SIZE 1000\r\n250-8BITMIME\r\n250 STARTTLS\r\n"
+	"250-SIZE 1000\r\n250-CHUNKING\r\n250-8BITMIME\r\n250 STARTTLS\r\n"
 #define EHLO_TLS_OFFERED "250-mx.example\r\n250-PIPELINING\r\n" \
 	"250-AUTH PLAIN LOGIN\r\n250-AUTH=PLAIN\r\n250-SIZE 1000\r\n" \
-	"250-8BITMIME\r\n250 STARTTLS\r\n"
+	"250-CHUNKING\r\n250-8BITMIME\r\n250 STARTTLS\r\n"
 #define EHLO_NO_TLS "250-mx.example\r\n250-PIPELINING\r\n" \
-	"250-AUTH PLAIN LOGIN\r\n250-AUTH=PLAIN\r\n250-SIZE 1000\r\n250 8BITMIME\r\n"
+	"250-AUTH PLAIN LOGIN\r\n250-AUTH=PLAIN\r\n250-SIZE 1000\r\n250-CHUNKING\r\n250 8BITMIME\r\n"
 
 #define READY "220 2.0.0 Ready to start TLS\r\n"
 #define R530 "530 5.7.0 Must issue a STARTTLS command first\r\n"
@@ -602,23 +602,32 @@ static void test_benign_bare_lf(void)
 static void test_bdat(void)
 {
 	static const struct step st[] = {
-		STEP("EHLO c\r\n", G "250 mx\r\n"),
+		STEP("EHLO c\r\n", G "250-mx\r\n250 CHUNKING\r\n"),
 		STEP("MAIL FROM:<a>\r\nRCPT TO:<b>\r\nBDAT 12\r\n\r\n.\r\nQUIT\r\nx"
 		    "BDAT 3 last\r\nabcBDAT 0 LAST\r\nQUIT\r\n",
 		    "250 ok\r\n250 ok\r\n250 12 octets\r\n250 3 octets\r\n250 queued\r\n221 bye\r\n"),
 		{ 0 } };
 	static const struct step huge[] = {
-		STEP("BDAT 18446744073709551615\r\nQUIT\r\n", G), { 0 } };
-	struct want w = { NULL, G "250 mx\r\n250 ok\r\n250 ok\r\n250 12 octets\r\n"
+		STEP("EHLO c\r\n", G "250-mx\r\n250 CHUNKING\r\n"),
+		STEP("BDAT 18446744073709551615\r\nQUIT\r\n", ""), { 0 } };
+	static const struct step nochunking[] = {
+		STEP("EHLO c\r\n", G "250 mx\r\n"),
+		STEP("BDAT 13 LAST\r\nMAIL FROM:<x>NOOP\r\n", "250 ok\r\n"), { 0 } };
+	struct want w = { NULL, G "250-mx\r\n250 CHUNKING\r\n250 ok\r\n250 ok\r\n250 12 octets\r\n"
 		"250 3 octets\r\n250 queued\r\n221 bye\r\n", "", 0 };
 
 	w.up = "EHLO c\r\nMAIL FROM:<a>\r\nRCPT TO:<b>\r\nBDAT 12\r\n\r\n.\r\nQUIT\r\nx"
 	    "BDAT 3 last\r\nabcBDAT 0 LAST\r\nQUIT\r\n";
 	scenario("bdat chunks", SMTP_LISTEN_PLAIN, false, st, &w);
-	w.up = "BDAT 18446744073709551615\r\nQUIT\r\n";
-	w.down = G;
+	w.up = "EHLO c\r\nBDAT 18446744073709551615\r\nQUIT\r\n";
+	w.down = G "250-mx\r\n250 CHUNKING\r\n";
 	w.pending = 1;
 	scenario("bdat largest size", SMTP_LISTEN_PLAIN, false, huge, &w);
+	/* No CHUNKING upstream: answered here, the chunk never read as commands. */
+	w.up = "EHLO c\r\nNOOP\r\n";
+	w.down = G "250 mx\r\n502 5.5.1 BDAT not supported by the mail server\r\n250 ok\r\n";
+	w.pending = 0;
+	scenario("bdat without chunking", SMTP_LISTEN_PLAIN, false, nochunking, &w);
 }
 
 static void test_bdat_malformed(void)
