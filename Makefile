@@ -31,7 +31,7 @@ IO       := main listener conn endpoint relay tls log
 OBJS     := $(addprefix $(B)/,$(addsuffix .o,$(PURE) $(IO)))
 UNIT     := $(patsubst tests/unit/%.c,$(B)/unit/%,$(wildcard tests/unit/test_*.c))
 
-.PHONY: all deps run test unit integration clean fuzz soak bench check-ldd
+.PHONY: all deps run test unit units clean fuzz soak bench check-ldd
 
 all: $(BIN) check-ldd
 
@@ -75,8 +75,14 @@ unit: $(UNIT)
 run: deps all
 	@sh tests/run-demo.sh
 
-test: deps all $(UNIT)
-	@MAILSHIM=$(abspath $(BIN)) sh tests/run.sh $(UNIT)
+# Every test: release build, sanitizer build, fuzzing (tests/suite.sh).
+test: deps
+	@$(MAKE) --no-print-directory all units
+	@$(MAKE) --no-print-directory SAN=1 all units
+	@$(MAKE) --no-print-directory $(addprefix $(FZ)/fuzz_,$(FUZZERS))
+	@sh tests/suite.sh
+
+units: $(UNIT)
 
 clean:
 	rm -rf build mailshim

@@ -347,9 +347,14 @@ static int supervise(struct runtime *rt)
 					continue;
 				pids[i] = 0;
 				alive--;
-				if (!stopping)
-					log_msg(LEVEL_ERROR, "worker %u (pid %d) died (status %d); restarting",
-					    i, (int)pid, status);
+				if (stopping)
+					continue;
+				if (WIFSIGNALED(status))
+					log_msg(LEVEL_ERROR, "worker %u (pid %d) killed by signal %d; restarting",
+					    i, (int)pid, WTERMSIG(status));
+				else
+					log_msg(LEVEL_ERROR, "worker %u (pid %d) exited with status %d; restarting",
+					    i, (int)pid, WEXITSTATUS(status));
 			}
 		}
 		/* Restart dead workers, at most one start per second each. */
