@@ -88,3 +88,7 @@ clean:
 	rm -rf build mailshim
 
 -include $(OBJS:.o=.d)
+
+# Side-by-side figures against stunnel, hitch and haproxy (tests/bench/).
+bench: deps all
+	@MAILSHIM=$(abspath $(BIN)) sh tests/bench/run.sh

@@ -644,6 +644,7 @@ def main():
     def on_signal(sig, frame):
         raise SystemExit(128 + sig)
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGHUP, on_signal)
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -663,6 +664,9 @@ def main():
     except BenchError as e:
         print("bench: %s" % e, file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
     finally:
         b.cleanup()
     return 1 if b.failures else 0

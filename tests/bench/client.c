@@ -329,7 +329,7 @@ static void conn_run(struct conn *c)
 			const char *p;
 			size_t n;
 			if (c->body_tail) {
-				p = ".\r\n" + c->outoff;
+				p = &".\r\n"[c->outoff];
 				n = 3 - c->outoff;
 			} else {
 				/* The body is whole lines of chunk; the last write is cut
