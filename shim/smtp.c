@@ -39,13 +39,12 @@ enum {
 	C_DEAD,
 };
 
-/* Where the body reader stands (dot), for the end-of-data matcher. */
+/* What a '.' in a body follows, for the end-of-data matcher. */
 enum {
 	D_SOL,      /* at a line start after CRLF (or at the body's start) */
 	D_SOL_LF,   /* at a line start after a bare LF */
 	D_SOL_CR,   /* after a bare CR, and a '.' follows */
 	D_MID,      /* inside a line */
-	D_CR,       /* the last byte was a CR; what follows decides */
 };
 
 /* Server side (sstate). */
@@ -433,42 +432,30 @@ static int dot_line(uint8_t at, const uint8_t *p, size_t len)
 	return at == D_SOL_LF ? DL_BARE_LF : DL_BARE_CR;
 }
 
-/* Inside a line: on to its LF, or to a bare CR that a '.' follows. */
-static size_t body_mid(struct smtp *s, const uint8_t *p, size_t off, size_t len)
+/* What stands before the '.' at p[i]: the two bytes before it, from the
+ * input or, at its start, from the bytes passed before. */
+static uint8_t dot_context(const struct smtp *s, const uint8_t *p, size_t i)
 {
-	const uint8_t *lf = memchr(p + off, '\n', len - off);
-	size_t end = lf ? (size_t)(lf - p) : len;
-	const uint8_t *cr = p + off;
+	uint8_t b1 = i >= 1 ? p[i - 1] : s->hist[1];
+	uint8_t b2 = i >= 2 ? p[i - 2] : i == 1 ? s->hist[1] : s->hist[0];
 
-	while ((cr = memchr(cr, '\r', (size_t)(p + end - cr))) != NULL) {
-		size_t i = (size_t)(cr - p);
-		if (i + 1 == len) {
-			s->dot = D_CR;
-			return len;
-		}
-		if (p[i + 1] == '.') {
-			s->dot = D_SOL_CR;
-			return i + 1;
-		}
-		cr++;
-	}
-	if (lf == NULL) {
-		s->dot = D_MID;
-		return len;
-	}
-	s->dot = end > 0 && p[end - 1] == '\r' ? D_SOL : D_SOL_LF;
-	return end + 1;
+	if (b1 == '\n')
+		return b2 == '\r' ? D_SOL : D_SOL_LF;
+	return b1 == '\r' ? D_SOL_CR : D_MID;
 }
 
-/* The CR ending the previous read: its LF, a dot, or text follows. */
-static size_t after_cr(struct smtp *s, const uint8_t *p, size_t off)
+/* Remember the last two bytes that passed, for a dot the next read opens
+ * with. */
+static struct smtp_result body_pass(struct smtp *s, const uint8_t *p, size_t n)
 {
-	if (p[off] == '\n') {
-		s->dot = D_SOL;
-		return off + 1;
+	if (n >= 2) {
+		s->hist[0] = p[n - 2];
+		s->hist[1] = p[n - 1];
+	} else if (n == 1) {
+		s->hist[0] = s->hist[1];
+		s->hist[1] = p[0];
 	}
-	s->dot = p[off] == '.' ? D_SOL_CR : D_MID;
-	return off;
+	return pass_or_more(n);
 }
 
 static struct smtp_result body_end(struct smtp *s, size_t n)
@@ -479,43 +466,41 @@ static struct smtp_result body_end(struct smtp *s, size_t n)
 	return verdict(SMTP_PASS, n);
 }
 
-/* A dot line is held back until its fate is known, so a PASS never
- * carries the dot of a refused end-of-data or anything past the end. */
+/*
+ * Only a '.' that starts a line (or follows a bare CR) can end the body or
+ * smuggle an end, so the scan jumps from dot to dot: most bodies (base64
+ * above all) have few or none, and their bytes are never looked at one by
+ * one. A dot line is held back until its fate is known, so a PASS never
+ * carries the dot of a refused end-of-data or anything past the end.
+ */
 static struct smtp_result body(struct smtp *s, const uint8_t *p, size_t len)
 {
-	size_t off = 0;
+	size_t off = 0, i;
+	const uint8_t *d;
 
-	while (off < len) {
-		if (s->dot == D_CR) {
-			off = after_cr(s, p, off);
+	while ((d = memchr(p + off, '.', len - off)) != NULL) {
+		uint8_t at;
+		i = (size_t)(d - p);
+		at = dot_context(s, p, i);
+		off = i + 1;
+		if (at == D_MID)
 			continue;
-		}
-		if (s->dot == D_MID) {
-			off = body_mid(s, p, off, len);
-			continue;
-		}
-		if (p[off] != '.') {
-			s->dot = D_MID;
-			continue;
-		}
-		switch (dot_line(s->dot, p + off, len - off)) {
+		switch (dot_line(at, d, len - i)) {
 		case DL_TEXT:
-			s->dot = D_MID;
-			off++;
 			break;
 		case DL_END:
-			return body_end(s, off + 3);
+			return body_end(s, i + 3);
 		case DL_BARE_LF:
-			return off ? verdict(SMTP_PASS, off) : die(s, &t_bare_lf,
+			return i ? body_pass(s, p, i) : die(s, &t_bare_lf,
 			    "bare LF around end-of-data (SMTP smuggling)");
 		case DL_BARE_CR:
-			return off ? verdict(SMTP_PASS, off) : die(s, &t_bare_cr,
+			return i ? body_pass(s, p, i) : die(s, &t_bare_cr,
 			    "bare CR around end-of-data (SMTP smuggling)");
 		default:
-			return pass_or_more(off);
+			return body_pass(s, p, i);
 		}
 	}
-	return pass_or_more(off);
+	return body_pass(s, p, len);
 }
 
 struct smtp_result smtp_client(struct smtp *s, const uint8_t *p, size_t len)
@@ -762,7 +747,9 @@ static bool reply_done(struct smtp *s)
 	switch (qpop(s)) {
 	case K_DATA:
 		s->cstate = code == 354 ? C_BODY : C_CMD;
-		s->dot = D_SOL;
+		/* The body starts at a line start. */
+		s->hist[0] = '\r';
+		s->hist[1] = '\n';
 		return true;
 	case K_AUTH:
 	case K_AUTHC:

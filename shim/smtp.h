@@ -73,7 +73,7 @@ struct smtp {
 	bool need_ehlo;           /* after STARTTLS: nothing but EHLO/HELO/... */
 	/* Client side reader. */
 	uint8_t cstate;           /* internal: command, body, chunk, ... */
-	uint8_t dot;              /* internal: end-of-data matcher state */
+	uint8_t hist[2];          /* internal: last two body bytes passed */
 	uint64_t chunk_left;      /* bytes of the current BDAT chunk */
 	bool chunk_last;          /* current BDAT chunk is LAST */
 	/* Server side reader. */
