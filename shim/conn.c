@@ -166,6 +166,8 @@ static int conn_close(struct conn *c, enum result res, const char *reason)
 	free(c->greeting);
 	free(c->reason);
 	free(c->proxy);
+	if (--c->svc->gen->refs == 0 && c->svc->gen->retired)
+		generation_free(c->svc->gen);
 	c->magic = 0;
 	free(c);
 	w->nconns--;
@@ -921,6 +923,7 @@ void conn_start(struct worker *w, struct svc_rt *svc, int fd,
 	}
 	c->magic = CONN_MAGIC;
 	c->id = w->next_id++;
+	svc->gen->refs++;
 	c->w = w;
 	c->svc = svc;
 	c->start = ev_now(w->loop);
@@ -951,4 +954,17 @@ void conn_close_all(struct worker *w)
 {
 	while (w->live != NULL)
 		conn_close(w->live, RES_ERROR, "mailshim is shutting down");
+}
+
+void generation_free(struct generation *g)
+{
+	size_t i;
+
+	if (g == NULL)
+		return;
+	for (i = 0; i < g->nsvcs; i++)
+		tls_free(&g->svcs[i].tls);
+	free(g->svcs);
+	config_free(g->cfg);
+	free(g);
 }

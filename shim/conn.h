@@ -26,9 +26,12 @@
 #include "smtp.h"
 #include "tls.h"
 
+struct generation;
+
 /* A service as a worker runs it: built once per configuration load. */
 struct svc_rt {
 	const struct service *svc;
+	struct generation *gen;            /* the load it belongs to */
 	struct svc_tls tls;
 	struct sockaddr_storage up_addr;   /* upstream, resolved at load */
 	socklen_t up_len;
@@ -40,12 +43,27 @@ struct svc_rt {
 struct conn;
 struct listen_set;
 
+/*
+ * One configuration load: the parsed configuration and the services built
+ * from it (TLS contexts included). A reload makes a new generation; each
+ * session keeps the one it started with, and an old generation is freed
+ * when its last session ends.
+ */
+struct generation {
+	struct config *cfg;
+	struct svc_rt *svcs;
+	size_t nsvcs;
+	unsigned refs;                     /* live sessions */
+	bool retired;                      /* a newer load replaced it */
+};
+
+/* Free a generation's services, TLS contexts and configuration. */
+void generation_free(struct generation *g);
+
 /* One worker process: one event loop and the sessions it runs. */
 struct worker {
 	struct ev_loop *loop;
-	const struct config *cfg;
-	struct svc_rt *svcs;
-	size_t nsvcs;
+	const struct config *cfg;          /* the load in force (reload swaps it) */
 	uint32_t nconns;                   /* live sessions */
 	uint32_t next_id;
 	struct conn *live;                 /* every session, for shutdown */

@@ -22,6 +22,7 @@ struct listener {
 	ev_io io;
 	int fd;
 	struct svc_rt *svc;
+	size_t addr;                  /* which of svc's listen addresses */
 	struct listen_set *set;
 };
 

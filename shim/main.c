@@ -6,6 +6,12 @@
  * it binds a copy of every listener per worker (SO_REUSEPORT), forks the
  * workers and stays as a small supervisor: it passes SIGTERM/SIGINT/SIGHUP
  * on and restarts a worker that died, each worker keeping its own sockets.
+ *
+ * SIGHUP reloads: each process loads the configuration and certificates
+ * anew and switches to them only if everything loaded; live sessions keep
+ * the load they started with until they end. The listening sockets stay
+ * (binding may have needed root), so a change of listen addresses is
+ * refused and needs a restart.
  */
 #include <errno.h>
 #include <grp.h>
@@ -32,11 +38,10 @@
 #define GRACE_SECONDS 30.0    /* SIGTERM: how long live sessions may finish */
 
 struct runtime {
-	struct config *cfg;
-	struct svc_rt *svcs;
-	size_t nsvcs;
+	struct generation *gen;       /* the configuration in force */
 	struct listen_set *sets;      /* one per worker */
 	unsigned nworkers;
+	const char *dir;
 };
 
 static void usage(FILE *f)
@@ -72,52 +77,154 @@ static int resolve_upstream(struct svc_rt *rt, char *err, size_t errlen)
 	return 0;
 }
 
-static void runtime_free(struct runtime *rt)
+/*
+ * Everything a configuration needs before serving: the parsed files, TLS
+ * contexts, upstream addresses, the EHLO line. Problems go to err as
+ * "FILE:LINE: message"; NULL if there was any.
+ */
+static struct generation *generation_load(const char *dir, FILE *err)
 {
-	size_t i;
-
-	for (i = 0; i < rt->nsvcs; i++)
-		tls_free(&rt->svcs[i].tls);
-	free(rt->svcs);
-	if (rt->sets != NULL) {
-		for (i = 0; i < rt->nworkers; i++)
-			free(rt->sets[i].l);
-		free(rt->sets);
-	}
-	config_free(rt->cfg);
-}
-
-/* Everything a configuration needs before serving: TLS, addresses, EHLO. */
-static int runtime_build(struct runtime *rt, const char *dir)
-{
-	char err[512], host[256];
-	const char *helo = rt->cfg->helo_name;
+	struct generation *g = calloc(1, sizeof(*g));
+	char msg[512], host[256];
+	const char *helo;
 	size_t i;
 	int bad = 0;
 
+	if (g == NULL || (g->cfg = config_load(dir, err)) == NULL) {
+		free(g);
+		return NULL;
+	}
+	helo = g->cfg->helo_name;
 	if (helo == NULL) {
 		if (gethostname(host, sizeof(host)) < 0 || host[0] == '\0')
 			snprintf(host, sizeof(host), "localhost");
 		host[sizeof(host) - 1] = '\0';
 		helo = host;
 	}
-	rt->nsvcs = rt->cfg->nservices;
-	rt->svcs = calloc(rt->nsvcs, sizeof(*rt->svcs));
-	if (rt->svcs == NULL)
-		return -1;
-	for (i = 0; i < rt->nsvcs; i++) {
-		struct svc_rt *s = &rt->svcs[i];
-		s->svc = &rt->cfg->services[i];
-		s->ehlo_len = (uint16_t)snprintf(s->ehlo, sizeof(s->ehlo), "EHLO %s\r\n", helo);
-		if (resolve_upstream(s, err, sizeof(err)) < 0 ||
-		    tls_init(&s->tls, s->svc, err, sizeof(err)) < 0) {
-			fprintf(stderr, "%s:%d: service '%s': %s\n", s->svc->file,
-			    s->svc->line, s->svc->name, err);
+	g->svcs = calloc(g->cfg->nservices, sizeof(*g->svcs));
+	if (g->svcs == NULL) {
+		generation_free(g);
+		return NULL;
+	}
+	for (i = 0; i < g->cfg->nservices; i++) {
+		struct svc_rt *sv = &g->svcs[i];
+		sv->svc = &g->cfg->services[i];
+		sv->gen = g;
+		sv->ehlo_len = (uint16_t)snprintf(sv->ehlo, sizeof(sv->ehlo), "EHLO %s\r\n", helo);
+		g->nsvcs++;
+		if (resolve_upstream(sv, msg, sizeof(msg)) < 0 ||
+		    tls_init(&sv->tls, sv->svc, msg, sizeof(msg)) < 0) {
+			fprintf(err, "%s:%d: service '%s': %s\n", sv->svc->file,
+			    sv->svc->line, sv->svc->name, msg);
 			bad = 1;
 		}
 	}
-	(void)dir;
-	return bad ? -1 : 0;
+	if (bad) {
+		generation_free(g);
+		return NULL;
+	}
+	return g;
+}
+
+static void runtime_free(struct runtime *rt)
+{
+	size_t i;
+
+	generation_free(rt->gen);
+	rt->gen = NULL;
+	if (rt->sets != NULL) {
+		for (i = 0; i < rt->nworkers; i++)
+			free(rt->sets[i].l);
+		free(rt->sets);
+		rt->sets = NULL;
+	}
+}
+
+static bool same_addr(const struct sockaddr_text *a, const struct sockaddr_text *b)
+{
+	return a->len == b->len && memcmp(&a->ss, &b->ss, a->len) == 0;
+}
+
+/* The service of g listening on a (and which of its addresses it is). */
+static struct svc_rt *service_at(struct generation *g, const struct sockaddr_text *a,
+    size_t *idx)
+{
+	size_t i, j;
+
+	for (i = 0; i < g->nsvcs; i++)
+		for (j = 0; j < g->svcs[i].svc->nlisten; j++)
+			if (same_addr(a, &g->svcs[i].svc->listen[j])) {
+				*idx = j;
+				return &g->svcs[i];
+			}
+	return NULL;
+}
+
+static const struct sockaddr_text *listener_addr(const struct listener *l)
+{
+	return &l->svc->svc->listen[l->addr];
+}
+
+/*
+ * Point every listener at its service in the new load; nothing changes
+ * unless the new load listens on exactly the same addresses.
+ */
+static int remap_listeners(struct runtime *rt, struct generation *g)
+{
+	size_t i, k, n = 0, idx;
+
+	for (i = 0; i < g->nsvcs; i++)
+		n += g->svcs[i].svc->nlisten;
+	for (k = 0; k < rt->nworkers; k++) {
+		const struct listen_set *set = &rt->sets[k];
+		if (set->l == NULL || set->n == 0)
+			continue;
+		if (set->n != n)
+			return -1;
+		for (i = 0; i < set->n; i++)
+			if (service_at(g, listener_addr(&set->l[i]), &idx) == NULL)
+				return -1;
+	}
+	for (k = 0; k < rt->nworkers; k++)
+		for (i = 0; i < rt->sets[k].n; i++) {
+			struct listener *l = &rt->sets[k].l[i];
+			l->svc = service_at(g, listener_addr(l), &idx);
+			l->addr = idx;
+		}
+	return 0;
+}
+
+/* SIGHUP: a new load replaces the old one only if it is entirely good. */
+static int reload(struct runtime *rt)
+{
+	char *text = NULL, *line, *save = NULL;
+	size_t len = 0;
+	FILE *err = open_memstream(&text, &len);
+	struct generation *g, *old = rt->gen;
+
+	if (err == NULL)
+		return -1;
+	g = generation_load(rt->dir, err);
+	fclose(err);
+	for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+		log_msg(LEVEL_ERROR, "reload: %s", line);
+	free(text);
+	if (g != NULL && remap_listeners(rt, g) < 0) {
+		log_msg(LEVEL_ERROR, "reload: the listen addresses changed; that needs a restart");
+		generation_free(g);
+		g = NULL;
+	}
+	if (g == NULL) {
+		log_msg(LEVEL_ERROR, "reload refused: the running configuration stays");
+		return -1;
+	}
+	rt->gen = g;
+	old->retired = true;
+	if (old->refs == 0)
+		generation_free(old);
+	log_setup(g->cfg->log, g->cfg->log_level);
+	log_msg(LEVEL_INFO, "configuration reloaded: %zu services", g->nsvcs);
+	return 0;
 }
 
 static unsigned worker_count(const struct config *cfg)
@@ -131,11 +238,12 @@ static unsigned worker_count(const struct config *cfg)
 
 static int bind_all(struct runtime *rt)
 {
+	struct generation *g = rt->gen;
 	char err[512];
 	size_t i, j, k, n = 0;
 
-	for (i = 0; i < rt->nsvcs; i++)
-		n += rt->svcs[i].svc->nlisten;
+	for (i = 0; i < g->nsvcs; i++)
+		n += g->svcs[i].svc->nlisten;
 	rt->sets = calloc(rt->nworkers, sizeof(*rt->sets));
 	if (rt->sets == NULL)
 		return -1;
@@ -144,10 +252,11 @@ static int bind_all(struct runtime *rt)
 		set->l = calloc(n, sizeof(*set->l));
 		if (set->l == NULL)
 			return -1;
-		for (i = 0; i < rt->nsvcs; i++) {
-			for (j = 0; j < rt->svcs[i].svc->nlisten; j++) {
+		for (i = 0; i < g->nsvcs; i++) {
+			for (j = 0; j < g->svcs[i].svc->nlisten; j++) {
 				struct listener *l = &set->l[set->n];
-				l->svc = &rt->svcs[i];
+				l->svc = &g->svcs[i];
+				l->addr = j;
 				l->fd = listener_bind(&l->svc->svc->listen[j], err, sizeof(err));
 				if (l->fd < 0) {
 					log_msg(LEVEL_ERROR, "%s", err);
@@ -185,18 +294,15 @@ static int drop_privileges(const char *user)
 
 struct worker_ctx {
 	struct worker w;
+	struct runtime *rt;
 	ev_signal sigterm, sigint, sighup;
 	ev_timer grace;
 };
 
 static void worker_done(struct worker *w)
 {
-	if (w->stopping) {
-		if (w->nconns == 0)
-			ev_break(w->loop, EVBREAK_ALL);
-		return;
-	}
-	/* Otherwise the listener decides whether to resume accepting. */
+	if (w->nconns == 0)
+		ev_break(w->loop, EVBREAK_ALL);
 }
 
 static void grace_cb(struct ev_loop *loop, ev_timer *t, int revents)
@@ -234,43 +340,44 @@ static void stop_cb(struct ev_loop *loop, ev_signal *s, int revents)
 
 static void hup_cb(struct ev_loop *loop, ev_signal *s, int revents)
 {
+	struct worker_ctx *ctx = s->data;
+
 	(void)loop;
-	(void)s;
 	(void)revents;
-	log_msg(LEVEL_WARN, "SIGHUP: reload is not supported in this build; restart to apply changes");
+	if (!ctx->w.stopping && reload(ctx->rt) == 0)
+		ctx->w.cfg = ctx->rt->gen->cfg;
 }
 
 static int run_worker(struct runtime *rt, unsigned idx)
 {
 	struct worker_ctx ctx;
 	struct worker *w = &ctx.w;
-	size_t k;
+	size_t k, i;
 
 	memset(&ctx, 0, sizeof(ctx));
+	ctx.rt = rt;
 	w->loop = ev_default_loop(EVFLAG_AUTO);
 	if (w->loop == NULL) {
 		log_msg(LEVEL_ERROR, "cannot create the event loop");
 		return 1;
 	}
-	w->cfg = rt->cfg;
-	w->svcs = rt->svcs;
-	w->nsvcs = rt->nsvcs;
+	w->cfg = rt->gen->cfg;
 	/* Session ids differ between workers and between restarts. */
 	w->next_id = ((uint32_t)getpid() * 2654435761u) ^ ((uint32_t)idx << 28);
 	conn_worker_init(w);
 	/* Close the other workers' copies of the listeners. */
-	for (k = 0; k < rt->nworkers; k++)
-		if (k != idx) {
-			size_t i;
-			for (i = 0; i < rt->sets[k].n; i++)
-				close(rt->sets[k].l[i].fd);
-			rt->sets[k].n = 0;
-		}
+	for (k = 0; k < rt->nworkers; k++) {
+		if (k == idx)
+			continue;
+		for (i = 0; i < rt->sets[k].n; i++)
+			close(rt->sets[k].l[i].fd);
+		rt->sets[k].n = 0;
+	}
 	listener_start(&rt->sets[idx], w);
 	ev_signal_init(&ctx.sigterm, stop_cb, SIGTERM);
 	ev_signal_init(&ctx.sigint, stop_cb, SIGINT);
 	ev_signal_init(&ctx.sighup, hup_cb, SIGHUP);
-	ctx.sigterm.data = ctx.sigint.data = &ctx;
+	ctx.sigterm.data = ctx.sigint.data = ctx.sighup.data = &ctx;
 	ev_signal_start(w->loop, &ctx.sigterm);
 	ev_signal_start(w->loop, &ctx.sigint);
 	ev_signal_start(w->loop, &ctx.sighup);
@@ -339,6 +446,8 @@ static int supervise(struct runtime *rt)
 			stopping = true;
 			signal_all(pids, rt->nworkers, sig);
 		} else if (sig == SIGHUP) {
+			/* Workers started later must start from the new load too. */
+			reload(rt);
 			signal_all(pids, rt->nworkers, SIGHUP);
 		}
 		while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
@@ -372,14 +481,15 @@ static int supervise(struct runtime *rt)
 int main(int argc, char **argv)
 {
 	struct runtime rt;
-	const char *dir = DEFAULT_DIR;
 	bool check = false;
 	int opt, rc;
 
+	memset(&rt, 0, sizeof(rt));
+	rt.dir = DEFAULT_DIR;
 	while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
 		switch (opt) {
 		case 'c':
-			dir = optarg;
+			rt.dir = optarg;
 			break;
 		case 't':
 			check = true;
@@ -400,30 +510,24 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
-	memset(&rt, 0, sizeof(rt));
-	rt.cfg = config_load(dir, stderr);
-	if (rt.cfg == NULL) {
-		fprintf(stderr, "%s: configuration has errors\n", dir);
-		return 1;
-	}
-	if (runtime_build(&rt, dir) < 0) {
-		fprintf(stderr, "%s: configuration has errors\n", dir);
-		runtime_free(&rt);
+	rt.gen = generation_load(rt.dir, stderr);
+	if (rt.gen == NULL) {
+		fprintf(stderr, "%s: configuration has errors\n", rt.dir);
 		return 1;
 	}
 	if (check) {
-		printf("%s: configuration OK (%zu services)\n", dir, rt.nsvcs);
+		printf("%s: configuration OK (%zu services)\n", rt.dir, rt.gen->nsvcs);
 		runtime_free(&rt);
 		return 0;
 	}
-	log_setup(rt.cfg->log, rt.cfg->log_level);
-	rt.nworkers = worker_count(rt.cfg);
-	if (bind_all(&rt) < 0 || drop_privileges(rt.cfg->user) < 0) {
+	log_setup(rt.gen->cfg->log, rt.gen->cfg->log_level);
+	rt.nworkers = worker_count(rt.gen->cfg);
+	if (bind_all(&rt) < 0 || drop_privileges(rt.gen->cfg->user) < 0) {
 		runtime_free(&rt);
 		return 1;
 	}
 	log_msg(LEVEL_INFO, "mailshim %s started: %zu services, %u workers, %s",
-	    MAILSHIM_VERSION, rt.nsvcs, rt.nworkers, tls_library());
+	    MAILSHIM_VERSION, rt.gen->nsvcs, rt.nworkers, tls_library());
 	rc = rt.nworkers == 1 ? run_worker(&rt, 0) : supervise(&rt);
 	runtime_free(&rt);
 	return rc;
