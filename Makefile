@@ -92,3 +92,8 @@ clean:
 # Side-by-side figures against stunnel, hitch and haproxy (tests/bench/).
 bench: deps all
 	@MAILSHIM=$(abspath $(BIN)) sh tests/bench/run.sh
+
+# Soak with integrity checks. Override: SOAK_MESSAGES (1000), SOAK_CONCURRENCY (50),
+# SOAK_MAX_SIZE (10485760), SOAK_ONLY, SOAK_SEED, SOAK_TIMEOUT, SOAK_KEEP.
+soak: deps all
+	@MAILSHIM=$(abspath $(BIN)) /usr/bin/python3 tests/soak/soak.py
