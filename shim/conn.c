@@ -30,6 +30,13 @@ static const char reply_tls_failed[] =
     "421 4.7.0 TLS to the upstream failed, try again later\r\n";
 static const char reply_internal[] =
     "421 4.3.0 Temporary failure, try again later\r\n";
+static const char reply_upstream_gone[] =
+    "421 4.4.2 Upstream mail server closed the connection\r\n";
+
+/* After the last reply: how long to read and drop what the client still
+ * sends, so the close is a FIN and not a reset that could destroy the
+ * reply on its way (ms). */
+#define LINGER_MS 2000
 
 enum cl_state { CL_HANDSHAKE, CL_READY, CL_STARTTLS, CL_PROXY };
 enum up_state { UP_CONNECTING, UP_SETUP, UP_HANDSHAKE, UP_READY, UP_GONE };
@@ -572,7 +579,11 @@ static int server_parse(struct conn *c)
 	struct smtp_result r;
 	int progress = 0;
 
-	while (c->cl_state == CL_READY && pump_unseen(p) > 0 && pump_room(p) >= 64) {
+	/* A rewritten EHLO reply may grow a little: wait for room while
+	 * approved bytes drain, but never when only unexamined bytes fill the
+	 * buffer (they must be examined to be refused). */
+	while (c->cl_state == CL_READY && pump_unseen(p) > 0 &&
+	    (pump_room(p) >= 64 || pump_approved(p) == 0)) {
 		r = smtp_server(&c->smtp, unseen_at(p), pump_unseen(p), c->w->scratch);
 		switch (r.v) {
 		case SMTP_PASS:
@@ -677,6 +688,11 @@ static int relay_turn(struct conn *c)
 	if ((r = relay_io(c)) < 0 || c->phase != PH_RELAY)
 		return r;
 	progress |= r;
+	/* The upstream left while the client still waits for replies. */
+	if (c->u2c.eof && c->cl_state == CL_READY && pump_approved(&c->u2c) == 0 &&
+	    (pump_unseen(&c->u2c) > 0 || smtp_pending(&c->smtp) > 0))
+		return conn_fail(c, RES_ERROR, "upstream closed the connection before replying",
+		    reply_upstream_gone);
 	if (c->cl_state == CL_READY) {
 		progress |= half_close(&c->c2u, &c->up, c->c2u_more);
 		progress |= half_close(&c->u2c, &c->cl, true);
@@ -686,6 +702,23 @@ static int relay_turn(struct conn *c)
 	return progress;
 }
 
+/* Read and drop the client's bytes until it closes too. */
+static int linger(struct conn *c)
+{
+	uint8_t sink[4096];
+	ssize_t r;
+	int i;
+
+	for (i = 0; i < 16 && c->cl.rd_wait == 0; i++) {
+		r = ep_read(&c->cl, sink, sizeof(sink));
+		if (r == EP_AGAIN)
+			return 0;
+		if (r <= 0)
+			return conn_close(c, (enum result)c->result, c->reason);
+	}
+	return 0;
+}
+
 /* The last reply goes out, then the session ends as decided. */
 static int final_turn(struct conn *c)
 {
@@ -693,13 +726,22 @@ static int final_turn(struct conn *c)
 
 	if (c->cl_state == CL_HANDSHAKE)
 		return client_handshake(c);
+	if (c->cl.shut)
+		return linger(c);
 	r = pump_write(&c->u2c, &c->cl);
-	if (r == PUMP_ERROR || pump_approved(&c->u2c) == 0) {
-		if (r != PUMP_ERROR && ep_shutdown(&c->cl) == EP_AGAIN)
-			return 0;
+	if (r == PUMP_ERROR)
 		return conn_close(c, (enum result)c->result, c->reason);
-	}
-	return r > 0;
+	if (pump_approved(&c->u2c) > 0)
+		return r > 0;
+	r = ep_shutdown(&c->cl);
+	if (r == EP_AGAIN)
+		return 0;
+	if (r == EP_ERROR)
+		return conn_close(c, (enum result)c->result, c->reason);
+	c->cl.rd_wait = 0;
+	set_deadline(c, LINGER_MS < c->svc->svc->timeout_handshake_ms ?
+	    LINGER_MS : c->svc->svc->timeout_handshake_ms);
+	return 1;
 }
 
 static int conn_turn(struct conn *c)
@@ -736,6 +778,10 @@ static void conn_arm(struct conn *c)
 
 	if (c->cl_state == CL_PROXY) {
 		ep_watch(&c->cl, loop, EV_READ);
+		return;
+	}
+	if (c->phase == PH_FINAL && c->cl.shut) {
+		ep_watch(&c->cl, loop, want(&c->cl, true, false));
 		return;
 	}
 	ep_watch(&c->cl, loop, cl_hs ? want(&c->cl, false, true) :
