@@ -76,11 +76,13 @@ run: deps all
 	@sh tests/run-demo.sh
 
 # Every test: release build, sanitizer build, fuzzing (tests/suite.sh).
+# `make test SAN=1` runs the whole integration suite, slow tests included,
+# on the sanitizer build (and the fuzzers) instead.
 test: deps
-	@$(MAKE) --no-print-directory all units
+	@$(MAKE) --no-print-directory SAN= all units
 	@$(MAKE) --no-print-directory SAN=1 all units
-	@$(MAKE) --no-print-directory $(addprefix $(FZ)/fuzz_,$(FUZZERS))
-	@sh tests/suite.sh
+	@$(MAKE) --no-print-directory SAN= $(addprefix $(FZ)/fuzz_,$(FUZZERS))
+	@SAN_FULL=$(SAN) sh tests/suite.sh
 
 units: $(UNIT)
 

@@ -6,7 +6,9 @@
 #               marked slow: soak, TLS audit, valgrind) on the ASan+UBSan
 #               build, which fails a test on any sanitizer report;
 #   fuzz        each libFuzzer target for FUZZ_TIME seconds (default 60).
-# SUITE_PHASES (default "release sanitizers fuzz") picks phases.
+# With SAN_FULL=1 (make test SAN=1) the phases are "sanitizers fuzz" and
+# the sanitizer phase runs every integration test, slow ones included.
+# SUITE_PHASES picks phases explicitly.
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root" || exit 1
@@ -37,14 +39,20 @@ phase() {
 	skipped=$((skipped + s))
 }
 
-for ph in ${SUITE_PHASES:-release sanitizers fuzz}; do
+san_args="-m 'not slow'"
+default="release sanitizers fuzz"
+if [ "${SAN_FULL:-}" = 1 ]; then
+	san_args=""
+	default="sanitizers fuzz"
+fi
+for ph in ${SUITE_PHASES:-$default}; do
 	case $ph in
 	release)
 		phase release env MAILSHIM="$root/mailshim" \
 			sh tests/run.sh build/rel/unit/test_* ;;
 	sanitizers)
 		phase sanitizers env MAILSHIM="$root/build/san/mailshim" \
-			PYTEST_ARGS="-m 'not slow'" sh tests/run.sh build/san/unit/test_* ;;
+			PYTEST_ARGS="$san_args" sh tests/run.sh build/san/unit/test_* ;;
 	fuzz)
 		phase fuzz sh tests/fuzz/run.sh "${FUZZ_TIME:-60}" config proxy smtp ;;
 	esac
