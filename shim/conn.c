@@ -635,9 +635,14 @@ static int lost(struct conn *c, const struct pump *toward, const struct endpoint
 	return conn_close(c, RES_ERROR, reason);
 }
 
+/*
+ * Only bytes that get somewhere count as activity for timeout_idle: a
+ * client dribbling a command line that never ends (slowloris) moves
+ * nothing, and is closed when the idle time is up.
+ */
 static int relay_io(struct conn *c)
 {
-	int progress = 0, r;
+	int progress = 0, moved = 0, r;
 
 	if (c->cl_state == CL_READY && pump_can_read(&c->c2u)) {
 		r = pump_read(&c->c2u, &c->cl);
@@ -651,12 +656,12 @@ static int relay_io(struct conn *c)
 	r = pump_write(&c->c2u, &c->up);
 	if (r == PUMP_ERROR)
 		return conn_close(c, RES_ERROR, "upstream connection lost");
-	progress |= r > 0;
+	moved |= r > 0;
 	if (pump_can_read(&c->u2c)) {
 		r = pump_read(&c->u2c, &c->up);
 		if (r == PUMP_ERROR)
 			return lost(c, &c->c2u, &c->up, "upstream connection lost");
-		progress |= r > 0;
+		moved |= r > 0;
 	}
 	if ((r = server_parse(c)) < 0)
 		return r;
@@ -665,11 +670,11 @@ static int relay_io(struct conn *c)
 		r = pump_write(&c->u2c, &c->cl);
 		if (r == PUMP_ERROR)
 			return conn_close(c, RES_ERROR, "client connection lost");
-		progress |= r > 0;
+		moved |= r > 0;
 	}
-	if (progress)
+	if (moved)
 		touch(c);
-	return progress;
+	return progress | moved;
 }
 
 static int relay_turn(struct conn *c)
