@@ -388,6 +388,8 @@ static int upstream_setup(struct conn *c)
 		return conn_fail(c, RES_ERROR, "upstream connection lost during STARTTLS", reply_unavailable);
 	progress |= r > 0;
 	r = pump_read(&c->u2c, &c->up);
+	if (r == PUMP_NOMEM)
+		return conn_fail(c, RES_ERROR, "out of memory for a relay buffer", reply_internal);
 	if (r == PUMP_ERROR)
 		return conn_fail(c, RES_ERROR, "upstream connection lost during STARTTLS", reply_unavailable);
 	progress |= r > 0;
@@ -646,6 +648,8 @@ static int relay_io(struct conn *c)
 
 	if (c->cl_state == CL_READY && pump_can_read(&c->c2u)) {
 		r = pump_read(&c->c2u, &c->cl);
+		if (r == PUMP_NOMEM)
+			return conn_fail(c, RES_ERROR, "out of memory for a relay buffer", reply_internal);
 		if (r == PUMP_ERROR)
 			return lost(c, &c->u2c, &c->cl, "client connection lost");
 		progress |= r > 0;
@@ -659,6 +663,8 @@ static int relay_io(struct conn *c)
 	moved |= r > 0;
 	if (pump_can_read(&c->u2c)) {
 		r = pump_read(&c->u2c, &c->up);
+		if (r == PUMP_NOMEM)
+			return conn_close(c, RES_ERROR, "out of memory for a relay buffer");
 		if (r == PUMP_ERROR)
 			return lost(c, &c->c2u, &c->up, "upstream connection lost");
 		moved |= r > 0;

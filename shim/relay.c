@@ -14,8 +14,10 @@ int pump_read(struct pump *p, struct endpoint *src)
 	ssize_t r;
 	int total = 0;
 
-	if (p->eof || ensure(p) < 0)
-		return p->eof ? 0 : PUMP_ERROR;
+	if (p->eof)
+		return 0;
+	if (ensure(p) < 0)
+		return PUMP_NOMEM;
 	/* Read until the buffer is full or the source has nothing: a TLS
 	 * source may hold a decrypted record that no fd event announces. */
 	while (src->rd_wait == 0) {

@@ -22,8 +22,10 @@ struct pump {
 };
 
 #define PUMP_ERROR (-1)
+#define PUMP_NOMEM (-2)     /* no buffer could be allocated */
 
-/* Read what fits; returns bytes read (0: nothing now), PUMP_ERROR. */
+/* Read what fits; returns bytes read (0: nothing now), PUMP_ERROR or
+ * PUMP_NOMEM. */
 int pump_read(struct pump *p, struct endpoint *src);
 /* Write approved bytes; returns bytes written (0: nothing), PUMP_ERROR. */
 int pump_write(struct pump *p, struct endpoint *dst);
