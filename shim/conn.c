@@ -637,6 +637,16 @@ static int lost(struct conn *c, const struct pump *toward, const struct endpoint
 	return conn_close(c, RES_ERROR, reason);
 }
 
+/* A client's first bytes are a TLS handshake record: it expected implicit
+ * TLS here. No SMTP reply can reach it; say so in the log. */
+static bool speaks_tls(const struct conn *c)
+{
+	const uint8_t *p = c->c2u.b->data + c->c2u.b->off;
+
+	return c->cl.ssl == NULL && c->c2u.b->len - c->c2u.b->off >= 2 &&
+	    p[0] == 0x16 && p[1] == 0x03;
+}
+
 /*
  * Only bytes that get somewhere count as activity for timeout_idle: a
  * client dribbling a command line that never ends (slowloris) moves
@@ -652,9 +662,11 @@ static int relay_io(struct conn *c)
 			return conn_fail(c, RES_ERROR, "out of memory for a relay buffer", reply_internal);
 		if (r == PUMP_ERROR)
 			return lost(c, &c->u2c, &c->cl, "client connection lost");
+		if (r > 0 && c->c2u.in == (uint64_t)r && speaks_tls(c))
+			return conn_close(c, RES_ERROR, "client sent a TLS handshake to a plaintext port");
 		progress |= r > 0;
 	}
-	if ((r = client_parse(c)) < 0)
+	if ((r = client_parse(c)) < 0 || c->phase != PH_RELAY)
 		return r;
 	progress |= r;
 	r = pump_write(&c->c2u, &c->up);
@@ -669,7 +681,7 @@ static int relay_io(struct conn *c)
 			return lost(c, &c->c2u, &c->up, "upstream connection lost");
 		moved |= r > 0;
 	}
-	if ((r = server_parse(c)) < 0)
+	if ((r = server_parse(c)) < 0 || c->phase != PH_RELAY)
 		return r;
 	progress |= r;
 	if (c->cl_state != CL_HANDSHAKE) {
