@@ -164,3 +164,42 @@ def raw_server(ports):
 def pytest_report_header(config):
     return "mailshim: %s" % mailshim_binary()
 
+
+# Hostile peers (hostile.py). Both request make_shim so that they are torn
+# down before it: a session left open would hold mailshim in its SIGTERM
+# grace period.
+
+@pytest.fixture
+def fake_upstream(make_shim, ports, pki):
+    """fake_upstream(script, tls=None, port=None, rcvbuf=None) -> a scripted
+    FakeUpstream (upstream.pem of the test PKI for TLS); closed at teardown."""
+    from hostile import FakeUpstream
+    made = []
+
+    def make(script, tls=None, port=None, **kw):
+        up = FakeUpstream(port or ports.get(), script, tls=tls, cert=pki.upstream,
+                          key=pki.upstream_key, **kw)
+        made.append(up)
+        return up
+
+    yield make
+    for up in made:
+        up.close()
+
+
+@pytest.fixture
+def fake_client(make_shim, pki):
+    """fake_client(port, tls=None) -> a scripted FakeClient trusting the
+    test CA; closed at teardown."""
+    from hostile import FakeClient
+    made = []
+
+    def make(port, tls=None, **kw):
+        kw.setdefault("cafile", pki.ca)
+        c = FakeClient(port, tls=tls, **kw)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.stop()
