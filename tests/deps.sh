@@ -5,7 +5,7 @@
 set -eu
 
 build="gcc make android-libboringssl-dev libev-dev clang libclang-rt-14-dev"
-peers="openssl swaks postfix python3 python3-aiosmtpd python3-pytest testssl.sh valgrind procps iproute2 util-linux"
+peers="openssl swaks postfix python3 python3-aiosmtpd python3-pytest python3-pytest-xdist testssl.sh valgrind procps iproute2 util-linux"
 case "${1:-}" in bench) peers="$peers stunnel4 hitch haproxy libssl-dev" ;; esac
 
 missing=

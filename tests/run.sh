@@ -42,8 +42,15 @@ echo "integration: $MAILSHIM"
 cd "$root" || exit 1
 # PYTEST_ARGS is read with the shell's quoting: PYTEST_ARGS="-k 'a or b'".
 eval "set -- ${PYTEST_ARGS:-}"
+# Two processes (one per core here), one test file each at a time: the
+# files are independent (ports are locked, every process is its own).
+par=
+if /usr/bin/python3 -c 'import xdist' 2>/dev/null; then
+	par="-n ${TEST_JOBS:-2} --dist loadfile"
+fi
 {
-	/usr/bin/python3 -m pytest -q -p no:cacheprovider "$@" tests/integration
+	# shellcheck disable=SC2086 # $par is several words on purpose
+	/usr/bin/python3 -m pytest -q -p no:cacheprovider $par "$@" tests/integration
 	echo $? >"$tmp/pytest.rc"
 } 2>&1 | tee "$tmp/pytest"
 py_rc=$(cat "$tmp/pytest.rc" 2>/dev/null || echo 99)
