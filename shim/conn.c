@@ -30,6 +30,8 @@ static const char reply_tls_failed[] =
     "421 4.7.0 TLS to the upstream failed, try again later\r\n";
 static const char reply_internal[] =
     "421 4.3.0 Temporary failure, try again later\r\n";
+static const char reply_no_fds[] =
+    "421 4.3.2 System resources exhausted, try again later\r\n";
 static const char reply_upstream_gone[] =
     "421 4.4.2 Upstream mail server closed the connection\r\n";
 
@@ -954,8 +956,11 @@ static int upstream_connect(struct conn *c)
 
 	fd = socket(svc->up_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
-		snprintf(reason, sizeof(reason), "cannot open upstream socket: %s", strerror(errno));
-		return conn_fail(c, RES_ERROR, reason, reply_unavailable);
+		int e = errno;
+		snprintf(reason, sizeof(reason), "cannot open upstream socket: %s", strerror(e));
+		/* Out of descriptors is the shim's own limit, not the upstream's. */
+		return conn_fail(c, RES_ERROR, reason,
+		    e == EMFILE || e == ENFILE ? reply_no_fds : reply_unavailable);
 	}
 	ep_init(&c->up, fd);
 	ev_init(&c->up.io, up_io_cb);
