@@ -36,13 +36,20 @@ apt-get update
 # shellcheck disable=SC2086 # word splitting of the package list is wanted
 apt-get install -y --no-install-recommends $missing
 
-# The package may have started the system's Postfix; the tests never use it.
-case $missing in
-*postfix*)
-	postfix stop >/dev/null 2>&1 || :
-	if command -v systemctl >/dev/null 2>&1; then
-		systemctl stop postfix >/dev/null 2>&1 || :
+# A package may have started a system service (Postfix; the bench's
+# stunnel4, hitch, haproxy). Tests and benchmarks start private instances
+# only: never leave one of these running or enabled.
+for svc in postfix stunnel4 hitch haproxy; do
+	case " $missing " in
+	*" $svc "*) ;;
+	*) continue ;;
+	esac
+	[ "$svc" = postfix ] && { postfix stop >/dev/null 2>&1 || :; }
+	if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+		systemctl disable --now "$svc" >/dev/null 2>&1 || :
+	elif [ -x "/etc/init.d/$svc" ]; then
+		"/etc/init.d/$svc" stop >/dev/null 2>&1 || :
+		update-rc.d "$svc" disable >/dev/null 2>&1 || :
 	fi
-	;;
-esac
+done
 exit 0

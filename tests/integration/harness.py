@@ -871,6 +871,20 @@ class PrivatePostfix:
 # --------------------------------------------------------------------------
 # Hand-written upstreams for relay behaviour
 
+def loopback_listener(port, backlog, rcvbuf=None):
+    """A listening TCP socket on 127.0.0.1:port, polled every 0.1 s by an
+    accept loop. rcvbuf is set before listen so accepted sockets inherit a
+    small window."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(backlog)
+    sock.settimeout(0.1)
+    return sock
+
+
 class RawServer:
     """A TCP server on 127.0.0.1:port whose connections are handled by
     handler(conn, server) in threads. Sockets and threads end at close()."""
@@ -882,14 +896,7 @@ class RawServer:
         self.errors = []
         self.stopping = threading.Event()
         self.accepted = threading.Event()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if rcvbuf:
-            # Set before listen so accepted sockets inherit a small window.
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.bind(("127.0.0.1", port))
-        self.sock.listen(backlog)
-        self.sock.settimeout(0.1)
+        self.sock = loopback_listener(port, backlog, rcvbuf)
         self.thread = threading.Thread(target=self._accept_loop, daemon=True)
         self.threads = [self.thread]
         self.thread.start()

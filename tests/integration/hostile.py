@@ -48,6 +48,8 @@ import struct
 import threading
 import time
 
+from harness import loopback_listener
+
 CRLF = b"\r\n"
 STEP_TIMEOUT = 10.0      # default bound of one step
 SCRIPT_LIMIT = 120.0     # no script runs longer than this
@@ -686,13 +688,7 @@ class FakeUpstream:
         self.conns = []
         self.stopping = threading.Event()
         self.lock = threading.Lock()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if rcvbuf:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.bind(("127.0.0.1", port))
-        self.sock.listen(backlog)
-        self.sock.settimeout(0.1)
+        self.sock = loopback_listener(port, backlog, rcvbuf)
         self.threads = []
         self.thread = threading.Thread(target=self._accept_loop, daemon=True)
         self.thread.start()
