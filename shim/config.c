@@ -25,15 +25,15 @@ enum type {
 
 enum kid {
 	K_WORKERS, K_USER, K_HELO_NAME, K_LOG, K_LOG_LEVEL, K_MAX_CONNECTIONS,
-	K_TLS_MIN_VERSION, K_METRICS,
+	K_TLS_MIN_VERSION, K_METRICS, K_SHUTDOWN_GRACE,
 	K_LISTEN, K_LISTEN_TLS, K_LISTEN_CERT, K_LISTEN_KEY, K_LISTEN_PLAIN_FROM,
 	K_LISTEN_CLIENT_CA, K_LISTEN_MIN_VERSION, K_LISTEN_CIPHERS,
-	K_PROXY_PROTOCOL,
+	K_PROXY_PROTOCOL, K_PROXY_FROM,
 	K_UPSTREAM, K_UPSTREAM_TLS, K_UPSTREAM_VERIFY, K_UPSTREAM_NAME,
 	K_UPSTREAM_CA, K_UPSTREAM_PIN, K_UPSTREAM_CERT, K_UPSTREAM_KEY,
 	K_UPSTREAM_MIN_VERSION, K_UPSTREAM_CIPHERS, K_UPSTREAM_PROXY_PROTOCOL,
 	K_UPSTREAM_XCLIENT,
-	K_TIMEOUT_CONNECT, K_TIMEOUT_HANDSHAKE, K_TIMEOUT_IDLE,
+	K_TIMEOUT_CONNECT, K_TIMEOUT_HANDSHAKE, K_TIMEOUT_IDLE, K_TIMEOUT_REPLY,
 	K_COUNT
 };
 
@@ -88,6 +88,8 @@ static const struct key keys[K_COUNT] = {
 	[K_TLS_MIN_VERSION] = { KEY("tls_min_version", T_VERSION),
 	    G(tls_min_version), .def = "TLSv1.2", .words = w_version },
 	[K_METRICS] = { KEY("metrics", T_METRICS), G(metrics) },
+	[K_SHUTDOWN_GRACE] = { KEY("shutdown_grace", T_DUR),
+	    G(shutdown_grace_ms), .def = "30s", .min = 1, .max = DAY_MS },
 
 	[K_LISTEN] = { KEY("listen", T_LISTEN), S(listen),
 	    .flags = F_REPEAT | F_REQUIRED },
@@ -99,6 +101,8 @@ static const struct key keys[K_COUNT] = {
 	    .flags = F_REPEAT },
 	[K_LISTEN_PLAIN_FROM] = { KEY("listen_plain_from", T_CIDRS),
 	    S(plain_from), .flags = F_REPEAT },
+	[K_PROXY_FROM] = { KEY("proxy_from", T_CIDRS), S(proxy_from),
+	    .flags = F_REPEAT },
 	[K_LISTEN_CLIENT_CA] = { KEY("listen_client_ca", T_STR),
 	    S(listen_client_ca) },
 	[K_LISTEN_MIN_VERSION] = { KEY("listen_min_version", T_VERSION),
@@ -135,6 +139,8 @@ static const struct key keys[K_COUNT] = {
 	    S(timeout_handshake_ms), .def = "30s", .min = 1, .max = DAY_MS },
 	[K_TIMEOUT_IDLE] = { KEY("timeout_idle", T_DUR),
 	    S(timeout_idle_ms), .def = "300s", .min = 1, .max = DAY_MS },
+	[K_TIMEOUT_REPLY] = { KEY("timeout_reply", T_DUR),
+	    S(timeout_reply_ms), .def = "10m", .min = 1, .max = DAY_MS },
 };
 
 #define NAME(k) (keys[k].name)
@@ -574,7 +580,7 @@ static bool parse_cidr(const char *t, size_t n, struct cidr *out)
 static bool set_cidrs(struct ctx *c, const struct key *k, struct sect *sc,
     const char *v)
 {
-	struct service *s = sc->base;
+	struct cidrs *s = field(sc, k);
 	size_t ntok = 0;
 	bool ok = true, any = false;
 
@@ -590,18 +596,17 @@ static bool set_cidrs(struct ctx *c, const struct key *k, struct sect *sc,
 			ok = tok && bad(c, k, tok, "expected addresses or networks "
 			    "(e.g. 127.0.0.0/8 ::1) or any");
 			free(tok);
-		} else if ((arr = grow(c, s->plain_from, s->nplain_from, sizeof *arr))) {
-			s->plain_from = arr;
-			arr[s->nplain_from++] = net;
+		} else if ((arr = grow(c, s->v, s->n, sizeof *arr))) {
+			s->v = arr;
+			arr[s->n++] = net;
 		} else {
 			ok = false;
 		}
 		t += n;
 	}
-	if ((any && (ntok > 1 || s->nplain_from)) ||
-	    (!any && s->plain_from_any))
+	if ((any && (ntok > 1 || s->n)) || (!any && s->any))
 		return bad(c, k, v, "'any' cannot be combined with addresses");
-	s->plain_from_any |= any;
+	s->any |= any;
 	return ok;
 }
 
@@ -721,7 +726,7 @@ static void service_fields_free(struct service *s)
 		free(s->certs[i].key);
 	}
 	free(s->name); free(s->file); free(s->listen); free(s->certs);
-	free(s->plain_from); free(s->listen_client_ca); free(s->listen_ciphers);
+	free(s->plain_from.v); free(s->proxy_from.v); free(s->listen_client_ca); free(s->listen_ciphers);
 	free(s->upstream); free(s->upstream_host); free(s->upstream_port);
 	free(s->upstream_name); free(s->upstream_ca); free(s->pins);
 	free(s->upstream_cert); free(s->upstream_key); free(s->upstream_ciphers);
@@ -1023,6 +1028,14 @@ static void finish_listen(struct ctx *c, struct service *s, struct src *src,
 		    NAME(K_LISTEN_CERT));
 	if (!src->line[K_LISTEN_MIN_VERSION])
 		s->listen_min_version = tls_min;
+	if (!src->bad[K_PROXY_PROTOCOL] && s->proxy_protocol &&
+	    !src->line[K_PROXY_FROM])
+		report(c, src->line[K_PROXY_PROTOCOL], "%s = yes needs %s: the "
+		    "load balancers that may name the client", NAME(K_PROXY_PROTOCOL),
+		    NAME(K_PROXY_FROM));
+	if (!s->proxy_protocol && src->line[K_PROXY_FROM])
+		report(c, src->line[K_PROXY_FROM], "%s is set but %s = no",
+		    NAME(K_PROXY_FROM), NAME(K_PROXY_PROTOCOL));
 }
 
 static void finish_upstream(struct ctx *c, struct service *s, struct src *src,
@@ -1266,20 +1279,30 @@ static bool prefix_match(const uint8_t *net, const uint8_t *a, unsigned bits)
 	    (rest == 0 || (a[full] & mask) == net[full]);
 }
 
-bool config_plain_allowed(const struct service *svc, const struct sockaddr *sa)
+bool config_cidrs_match(const struct cidrs *list, const struct sockaddr *sa)
 {
 	uint8_t a[16];
 	sa_family_t fam;
 
-	if (!svc || !sa)
+	if (!list || !sa)
 		return false;
-	if (svc->plain_from_any)
+	if (list->any)
 		return true;
 	if (!sockaddr_bytes(sa, &fam, a))
 		return false;
-	for (size_t i = 0; i < svc->nplain_from; i++)
-		if (svc->plain_from[i].family == fam &&
-		    prefix_match(svc->plain_from[i].addr, a, svc->plain_from[i].bits))
+	for (size_t i = 0; i < list->n; i++)
+		if (list->v[i].family == fam &&
+		    prefix_match(list->v[i].addr, a, list->v[i].bits))
 			return true;
 	return false;
+}
+
+bool config_plain_allowed(const struct service *svc, const struct sockaddr *sa)
+{
+	return svc && config_cidrs_match(&svc->plain_from, sa);
+}
+
+bool config_proxy_trusted(const struct service *svc, const struct sockaddr *sa)
+{
+	return svc && config_cidrs_match(&svc->proxy_from, sa);
 }

@@ -29,6 +29,13 @@ struct cidr {
 	uint8_t bits;         /* prefix length */
 };
 
+/* A list of networks, or "any". */
+struct cidrs {
+	bool any;
+	struct cidr *v;
+	size_t n;
+};
+
 struct sockaddr_text {
 	struct sockaddr_storage ss;
 	socklen_t len;
@@ -50,13 +57,12 @@ struct service {
 	enum hop_mode listen_tls;
 	struct certkey *certs;         /* listen_cert/listen_key pairs, in order */
 	size_t ncerts;
-	bool plain_from_any;           /* listen_plain_from = any */
-	struct cidr *plain_from;
-	size_t nplain_from;
+	struct cidrs plain_from;       /* listen_plain_from */
 	char *listen_client_ca;        /* NULL: no client certificates asked */
 	int listen_min_version;        /* CONFIG_TLS12 | CONFIG_TLS13 */
 	char *listen_ciphers;          /* NULL: library default policy */
 	bool proxy_protocol;
+	struct cidrs proxy_from;       /* who may send a PROXY header */
 
 	char *upstream;                /* as written: "host:port" */
 	char *upstream_host;           /* host part, brackets removed */
@@ -77,6 +83,7 @@ struct service {
 	uint32_t timeout_connect_ms;
 	uint32_t timeout_handshake_ms;
 	uint32_t timeout_idle_ms;
+	uint32_t timeout_reply_ms;     /* an owed upstream reply (RFC 5321 4.5.3.2) */
 };
 
 struct config {
@@ -89,6 +96,7 @@ struct config {
 	int tls_min_version;
 	char *metrics;                 /* NULL: no metrics listener */
 	struct sockaddr_text metrics_addr;
+	uint32_t shutdown_grace_ms;    /* SIGTERM: how long sessions may finish */
 
 	struct service *services;
 	size_t nservices;
@@ -118,7 +126,13 @@ void config_free(struct config *cfg);
 const char *config_mode_name(enum hop_mode m);
 const char *config_verify_name(enum verify_level v);
 
-/* Does the address (sockaddr) fall in the service's listen_plain_from? */
+/* Does the address (sockaddr) fall in the list? "any" matches all. */
+bool config_cidrs_match(const struct cidrs *list, const struct sockaddr *sa);
+
+/* Does the address fall in the service's listen_plain_from? */
 bool config_plain_allowed(const struct service *svc, const struct sockaddr *sa);
+
+/* May the address send a PROXY header to the service (proxy_from)? */
+bool config_proxy_trusted(const struct service *svc, const struct sockaddr *sa);
 
 #endif

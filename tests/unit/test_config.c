@@ -109,8 +109,8 @@ static void test_defaults(void)
 	CHECK_EQ(ntohl(sin.sin_addr.s_addr), 0x7f000001);
 	CHECK_EQ(s->listen_tls, MODE_PLAIN);
 	CHECK_EQ(s->ncerts, 0);
-	CHECK(!s->plain_from_any);
-	CHECK_EQ(s->nplain_from, 0);
+	CHECK(!s->plain_from.any);
+	CHECK_EQ(s->plain_from.n, 0);
 	CHECK(s->listen_client_ca == NULL && s->listen_ciphers == NULL);
 	CHECK_EQ(s->listen_min_version, CONFIG_TLS12);
 	CHECK(!s->proxy_protocol);
@@ -174,7 +174,7 @@ static void test_all_keys(void)
 	CHECK_EQ(s->ncerts, 1);
 	CHECK_STR(s->certs[0].cert, "/c.pem");
 	CHECK_STR(s->certs[0].key, "/c.key");
-	CHECK_EQ(s->nplain_from, 2);
+	CHECK_EQ(s->plain_from.n, 2);
 	CHECK_STR(s->listen_client_ca, "/ca.pem");
 	CHECK_EQ(s->listen_min_version, CONFIG_TLS12);
 	CHECK_STR(s->listen_ciphers, "ECDHE+AESGCM");
@@ -412,8 +412,8 @@ static void test_cidr(void)
 	if (!cfg)
 		return;
 	s = &cfg->services[0];
-	CHECK_EQ(s->nplain_from, 6);
-	CHECK(!s->plain_from_any);
+	CHECK_EQ(s->plain_from.n, 6);
+	CHECK(!s->plain_from.any);
 	CHECK(allowed(s, "127.0.0.1"));
 	CHECK(allowed(s, "127.255.255.254"));
 	CHECK(!allowed(s, "128.0.0.1"));
@@ -436,7 +436,7 @@ static void test_cidr(void)
 	config_free(cfg);
 
 	cfg = service_kv("listen_plain_from = any");
-	CHECK(cfg && cfg->services[0].plain_from_any);
+	CHECK(cfg && cfg->services[0].plain_from.any);
 	CHECK(cfg && allowed(&cfg->services[0], "203.0.113.9"));
 	CHECK(cfg && allowed(&cfg->services[0], "2001:db8::9"));
 	config_free(cfg);
@@ -664,9 +664,24 @@ static void test_unbuilt(void)
 	    "upstream_tls = starttls\nlisten_tls = starttls\nlisten_cert = /c");
 	CHECK(cfg != NULL);
 	config_free(cfg);
-	cfg = service_kv("proxy_protocol = yes\nupstream_proxy_protocol = v2");
+	cfg = service_kv("proxy_protocol = yes\nproxy_from = 10.0.0.0/8 ::1\n"
+	    "upstream_proxy_protocol = v2");
 	CHECK(cfg && cfg->services[0].proxy_protocol &&
+	    cfg->services[0].proxy_from.n == 2 &&
 	    cfg->services[0].upstream_proxy_protocol == PROXY_V2);
+	config_free(cfg);
+	/* A PROXY header is believed only from named load balancers. */
+	expect_error(SVC "proxy_protocol = yes\n", "t.conf:4: proxy_protocol = yes "
+	    "needs proxy_from");
+	expect_error(SVC "proxy_from = 10.0.0.0/8\n", "t.conf:4: proxy_from is set "
+	    "but proxy_protocol = no");
+	cfg = service_kv("timeout_reply = 90s");
+	CHECK(cfg && cfg->services[0].timeout_reply_ms == 90000 &&
+	    cfg->services[0].timeout_idle_ms == 300000);
+	config_free(cfg);
+	cfg = service_kv("listen_tls = plain");
+	CHECK(cfg && cfg->services[0].timeout_reply_ms == 600000 &&
+	    cfg->shutdown_grace_ms == 30000);
 	config_free(cfg);
 	cfg = global_kv("log = syslog");
 	CHECK(cfg && cfg->log == LOG_SYSLOG);
