@@ -9,11 +9,13 @@
 #   wrongname.pem wrongname.key      other.test only, by ca
 #   otherca-upstream.pem .key        legacy.test, 127.0.0.1, by other-ca
 #   client.pem client.key            a TLS client certificate, by ca
+#   alt.pem alt.key                  alt.test only, by ca (a second listener name)
+#   otherca-client.pem .key          a TLS client certificate, by other-ca
 #   NAME-chain.pem                   NAME.pem followed by NAME.key
 set -eu
 
 dir=${1:?usage: certs.sh DIR}
-names="server upstream wrongname otherca-upstream client"
+names="server upstream wrongname otherca-upstream client alt otherca-client"
 
 pki_complete() {
 	for f in ca.pem ca.key other-ca.pem other-ca.key; do
@@ -89,6 +91,8 @@ leaf upstream ca "DNS:legacy.test, IP:127.0.0.1" serverAuth
 leaf wrongname ca "DNS:other.test" serverAuth
 leaf otherca-upstream other-ca "DNS:legacy.test, IP:127.0.0.1" serverAuth
 leaf client ca "DNS:client.test" clientAuth
+leaf alt ca "DNS:alt.test" serverAuth
+leaf otherca-client other-ca "DNS:client.test" clientAuth
 
 # Throwaway keys, readable by peers that drop to nobody.
 chmod 644 ./*.pem ./*.key

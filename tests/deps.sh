@@ -4,9 +4,15 @@
 # running: the tests start private instances of their own.
 set -eu
 
-build="gcc make android-libboringssl-dev libev-dev clang libclang-rt-14-dev"
-peers="openssl swaks postfix python3 python3-aiosmtpd python3-pytest python3-pytest-xdist testssl.sh valgrind procps iproute2 util-linux"
-case "${1:-}" in bench) peers="$peers stunnel4 hitch haproxy libssl-dev" ;; esac
+# Packages are installed with --no-install-recommends, so every package a
+# test, `make run` or `make bench` uses is named here, including the ones a
+# named package only recommends: swaks does TLS only with
+# libnet-ssleay-perl and IPv6 only with libio-socket-inet6-perl.
+build="gcc make libc6-dev android-libboringssl-dev libev-dev clang libclang-rt-14-dev"
+peers="openssl ca-certificates swaks libnet-ssleay-perl perl-openssl-defaults libio-socket-inet6-perl
+ postfix python3 python3-aiosmtpd python3-pytest python3-pytest-xdist
+ testssl.sh valgrind procps iproute2 util-linux haproxy"
+case "${1:-}" in bench) peers="$peers stunnel4 hitch libssl-dev" ;; esac
 
 missing=
 for p in $build $peers; do

@@ -14,8 +14,19 @@ import shutil
 
 import pytest
 
+import tools
 from harness import (Aiosmtpd, HarnessError, Ports, PrivatePostfix, Procs, RawServer, Shim,
                      SmtpSink, make_pki, mailshim_binary, public_dir)
+
+
+def pytest_sessionstart(session):
+    # Once, in the process that runs or dispatches the tests.
+    if hasattr(session.config, "workerinput"):
+        return
+    gone = tools.missing()
+    if gone:
+        pytest.exit("the tests need tools this machine lacks: %s; run sh tests/deps.sh "
+                    "as root" % "; ".join(gone), returncode=3)
 
 
 def pytest_configure(config):

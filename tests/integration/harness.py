@@ -721,7 +721,8 @@ class PrivatePostfix:
 
     Listeners: smtp_port offers STARTTLS (smtpd_tls_security_level=may),
     smtps_port is implicit TLS (smtpd_tls_wrappermode=yes); both with
-    the given certificate. Every accepted message is relayed to a private
+    the given certificate; proxy_port reads a PROXY v1/v2 header first
+    (smtpd_upstream_proxy_protocol=haproxy) and offers STARTTLS. Every accepted message is relayed to a private
     smtp-sink on sink_port. Traps this setup avoids: without syslog, errors
     vanish unless maillog_file (inside maillog_file_prefixes) and the
     postlog service are set; a main.cf modified "now" slows the start by
@@ -735,7 +736,7 @@ class PrivatePostfix:
         self.conf = self.dir / "conf"
         self.spool = self.dir / "spool"
         self.maillog_path = self.dir / "maillog"
-        self.smtp_port, self.smtps_port, sink_port = ports.many(3)
+        self.smtp_port, self.smtps_port, self.proxy_port, sink_port = ports.many(4)
         # The queue directory must exist; data_directory must not (postfix
         # creates it owned by the postfix user, or the master cannot lock).
         for d in (self.conf, self.spool):
@@ -772,6 +773,8 @@ class PrivatePostfix:
         (self.conf / "master.cf").write_text("\n".join([
             "127.0.0.1:%d inet n - n - - smtpd" % self.smtp_port,
             "127.0.0.1:%d inet n - n - - smtpd -o smtpd_tls_wrappermode=yes" % self.smtps_port,
+            "127.0.0.1:%d inet n - n - - smtpd -o smtpd_upstream_proxy_protocol=haproxy"
+            % self.proxy_port,
             "cleanup  unix n - n - 0 cleanup",
             "qmgr     unix n - n 300 1 qmgr",
             "tlsmgr   unix - - n 1000? 1 tlsmgr",
@@ -804,7 +807,7 @@ class PrivatePostfix:
         if r.returncode != 0:
             raise HarnessError("postfix start failed (%d):\n%s%s\nmaillog:\n%s" % (
                 r.returncode, r.stdout, r.stderr, tail(self.maillog())))
-        for port in (self.smtp_port, self.smtps_port):
+        for port in (self.smtp_port, self.smtps_port, self.proxy_port):
             wait_until(lambda: listening(port), 10, "postfix to listen on %d" % port)
         return self
 

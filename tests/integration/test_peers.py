@@ -1,0 +1,248 @@
+"""What the README claims about load balancers, several names and client
+certificates, shown with real peers: a real haproxy sending PROXY v2 in
+front of mailshim, a real Postfix reading mailshim's PROXY v1/v2 header,
+listen certificates picked by SNI, and client certificates checked
+against listen_client_ca."""
+
+import smtplib
+import socket
+import ssl
+import subprocess
+
+import pytest
+
+from harness import (HarnessError, SmtpConn, expected_received, make_message, service, sha256,
+                     tail, wait_listening, wait_until)
+
+HAPROXY = "/usr/sbin/haproxy"
+
+
+def haproxy(procs, workdir, listen_port, shim_port, send="send-proxy-v2"):
+    """A real haproxy in TCP mode on 127.0.0.1:listen_port passing each
+    client to the shim with a PROXY header (send-proxy or send-proxy-v2)."""
+    cfg = workdir / ("haproxy-%d.cfg" % listen_port)
+    cfg.write_text("\n".join([
+        "global",
+        "    maxconn 100",
+        "defaults",
+        "    mode tcp",
+        "    timeout connect 5s",
+        "    timeout client 30s",
+        "    timeout server 30s",
+        "frontend fe",
+        "    bind 127.0.0.1:%d" % listen_port,
+        "    default_backend be",
+        "backend be",
+        "    server shim 127.0.0.1:%d %s" % (shim_port, send),
+        "",
+    ]))
+    p = procs.start("haproxy", [HAPROXY, "-db", "-f", str(cfg)])
+    wait_listening(p, listen_port)
+    return p
+
+
+def smtp_from(source, port, timeout=10):
+    """An smtplib client whose TCP source address is source (127.x)."""
+    return smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=timeout,
+                        source_address=(source, 0))
+
+
+def send_from(source, port, test_id, starttls=False):
+    msg = make_message(2000, test_id=test_id)[1]
+    with smtp_from(source, port) as c:
+        c.ehlo()
+        if starttls:
+            c.starttls(context=ssl._create_unverified_context())
+            c.ehlo()
+        c.sendmail("sender@client.test", ["rcpt@legacy.test"], msg)
+    return msg
+
+
+# --------------------------------------------------------------------------
+# haproxy -> mailshim: the client haproxy saw is the one the shim judges
+
+
+def test_haproxy_v2_client_judged_by_listen_plain_from(make_shim, ports, pki, smtp_sink,
+                                                       procs, workdir):
+    sink = smtp_sink()
+    port, lb = ports.many(2)
+    shim = make_shim({"mx": service(port, sink.port, "starttls", pki=pki,
+                                    listen_plain_from="127.0.0.5/32",
+                                    proxy_protocol="yes", proxy_from="127.0.0.1")})
+    haproxy(procs, workdir, lb, port)
+
+    # 127.0.0.5 may send in the clear; haproxy's own address (127.0.0.1)
+    # would not be, so this shows the header was believed.
+    msg = send_from("127.0.0.5", lb, "hap-plain-ok")
+    got = sink.message("hap-plain-ok")
+    assert sha256(got) == sha256(expected_received(msg))
+
+    # 127.0.0.6 must use TLS first.
+    with smtp_from("127.0.0.6", lb) as c:
+        c.ehlo()
+        assert c.has_extn("starttls")
+        code, text = c.mail("sender@client.test")
+        assert code == 530, (code, text)
+
+    # ...and can, through haproxy, once it has.
+    msg = send_from("127.0.0.6", lb, "hap-tls-ok", starttls=True)
+    assert sha256(sink.message("hap-tls-ok")) == sha256(expected_received(msg))
+
+    lines = shim.wait_log(lambda d: d.get("result") == "ok", count=2)
+    clients = sorted(d["client"].rsplit(":", 1)[0] for d in lines)
+    assert clients[:2] == ["127.0.0.5", "127.0.0.6"], [d["_line"] for d in lines]
+    assert not any(d["client"].startswith("127.0.0.1:") for d in shim.log_lines())
+
+
+def test_haproxy_v1_header_believed(make_shim, ports, pki, smtp_sink, procs, workdir):
+    sink = smtp_sink()
+    port, lb = ports.many(2)
+    shim = make_shim({"mx": service(port, sink.port, "starttls", pki=pki,
+                                    listen_plain_from="127.0.0.8/32",
+                                    proxy_protocol="yes", proxy_from="127.0.0.1")})
+    haproxy(procs, workdir, lb, port, send="send-proxy")
+    send_from("127.0.0.8", lb, "hap-v1")
+    assert sink.message("hap-v1")
+    d = shim.wait_log(lambda d: d.get("result") == "ok")[0]
+    assert d["client"].startswith("127.0.0.8:"), d["_line"]
+
+
+# --------------------------------------------------------------------------
+# mailshim -> Postfix: the upstream learns the real client from the header
+
+
+@pytest.mark.postfix
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_postfix_reads_the_shims_proxy_header(make_shim, ports, pki, postfix, version):
+    pf = postfix()
+    port = ports.get()
+    make_shim({"sub": service(port, pf.proxy_port, upstream_proxy_protocol=version)})
+    with smtp_from("127.0.0.7", port) as c:
+        c.ehlo()
+        c.mail("sender@client.test")
+        c.rcpt("rcpt@legacy.test")
+        code, text = c.data(make_message(500, test_id="pf-proxy-" + version)[1])
+    assert code == 250, (code, text)
+    qid = pf.queue_id(text.decode())
+    pf.wait_sent(qid)
+    line = pf.client_line(qid)
+    assert line and "[127.0.0.7]" in line, (line, tail(pf.maillog()))
+    assert "[127.0.0.1]" not in line
+
+
+@pytest.mark.postfix
+def test_haproxy_shim_postfix_end_to_end(make_shim, ports, pki, postfix, procs, workdir):
+    """The client that haproxy saw is the one Postfix logs, through the
+    shim's TLS-required listener and its PROXY header upstream."""
+    pf = postfix()
+    port, lb = ports.many(2)
+    make_shim({"sub": service(port, pf.proxy_port, "starttls", pki=pki,
+                              listen_plain_from="127.0.0.9/32", proxy_protocol="yes",
+                              proxy_from="127.0.0.1", upstream_proxy_protocol="v2")})
+    haproxy(procs, workdir, lb, port)
+    with smtp_from("127.0.0.9", lb) as c:
+        c.ehlo()
+        c.mail("sender@client.test")
+        c.rcpt("rcpt@legacy.test")
+        code, text = c.data(make_message(500, test_id="hap-shim-pf")[1])
+    assert code == 250, (code, text)
+    qid = pf.queue_id(text.decode())
+    pf.wait_sent(qid)
+    assert "[127.0.0.9]" in pf.client_line(qid)
+
+
+# --------------------------------------------------------------------------
+# Several listen certificates, picked by SNI
+
+
+def served_cert(port, pki, servername):
+    """The subject CN and SANs of the certificate the listener serves for
+    servername (None: no SNI)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(pki.ca)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname=servername) as s:
+            cert = s.getpeercert()
+            s.recv(512)
+    cn = [v for rdn in cert["subject"] for k, v in rdn if k == "commonName"]
+    return cn[0], sorted(v for k, v in cert.get("subjectAltName", ()) if k == "DNS")
+
+
+def test_sni_picks_the_listen_cert(make_shim, ports, pki, smtp_sink):
+    sink = smtp_sink()
+    port = ports.get()
+    conf = service(port, sink.port, "implicit", pki=pki)
+    text = ("[global]\nworkers = 1\nhelo_name = shim.test\n\n[sni]\n" +
+            "".join("%s = %s\n" % kv for kv in conf.items()) +
+            "listen_cert = %s\nlisten_key = %s\n" % (pki.alt, pki.alt_key))
+    make_shim(text)
+    assert served_cert(port, pki, "alt.test") == ("alt", ["alt.test"])
+    assert served_cert(port, pki, "ALT.test")[0] == "alt"
+    assert served_cert(port, pki, "shim.test")[0] == "server"
+    # An unknown name and no name at all get the first pair, the default.
+    assert served_cert(port, pki, "unknown.test")[0] == "server"
+    assert served_cert(port, pki, None)[0] == "server"
+
+
+# --------------------------------------------------------------------------
+# Client certificates
+
+
+def client_session(port, pki, cert=None, key=None):
+    """Implicit TLS with an optional client certificate; returns the
+    greeting line, or raises on a refused handshake."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(pki.ca)
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="shim.test") as s:
+            # TLS 1.3: a refused client certificate shows at the first read.
+            data = s.recv(512)
+            if not data:
+                raise ConnectionError("closed without a greeting")
+            return data.decode()
+
+
+@pytest.mark.parametrize("listen", ["implicit", "starttls"])
+def test_listen_client_ca(make_shim, ports, pki, smtp_sink, listen):
+    sink = smtp_sink()
+    port = ports.get()
+    shim = make_shim({"cc": service(port, sink.port, listen, pki=pki,
+                                    listen_client_ca=pki.ca)})
+    if listen == "implicit":
+        assert client_session(port, pki, pki.client, pki.client_key).startswith("220")
+        for cert, key in ((None, None), (pki.otherca_client, pki.otherca_client_key)):
+            with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+                client_session(port, pki, cert, key)
+    else:
+        ok = SmtpConn(port)
+        assert ok.reply()[0] == 220
+        assert ok.cmd("EHLO client.test")[0] == 250
+        assert ok.cmd("STARTTLS")[0] == 220
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(pki.ca)
+        ctx.load_cert_chain(pki.client, pki.client_key)
+        ok.sock = ctx.wrap_socket(ok.sock, server_hostname="shim.test")
+        assert ok.cmd("EHLO client.test")[0] == 250
+        ok.close()
+        for cert, key in ((None, None), (pki.otherca_client, pki.otherca_client_key)):
+            c = SmtpConn(port)
+            assert c.reply()[0] == 220
+            assert c.cmd("EHLO client.test")[0] == 250
+            assert c.cmd("STARTTLS")[0] == 220
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.load_verify_locations(pki.ca)
+            if cert:
+                ctx.load_cert_chain(cert, key)
+            with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+                s = ctx.wrap_socket(c.sock, server_hostname="shim.test")
+                s.sendall(b"EHLO client.test\r\n")
+                if not s.recv(512):
+                    raise ConnectionError("closed")
+            c.close()
+    # One session passed, two were refused at the handshake.
+    lines = shim.wait_log(count=3)
+    assert sum(d["result"] == "ok" for d in lines) == 1, [d["_line"] for d in lines]
+    assert sum(d["result"] != "ok" for d in lines) == 2
