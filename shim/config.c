@@ -20,12 +20,14 @@ enum scope { SC_NONE, SC_GLOBAL, SC_SERVICE };
 
 enum type {
 	T_UINT, T_STR, T_HOST, T_ENUM, T_BOOL, T_VERSION, T_DUR, T_LISTEN,
-	T_METRICS, T_UPSTREAM, T_CIDRS, T_PIN, T_CERT, T_KEY, T_NTYPES
+	T_METRICS, T_UPSTREAM, T_CIDRS, T_PIN, T_CERT, T_KEY, T_RESOLVER,
+	T_NTYPES
 };
 
 enum kid {
 	K_WORKERS, K_USER, K_HELO_NAME, K_LOG, K_LOG_LEVEL, K_MAX_CONNECTIONS,
-	K_TLS_MIN_VERSION, K_METRICS, K_SHUTDOWN_GRACE,
+	K_TLS_MIN_VERSION, K_METRICS, K_SHUTDOWN_GRACE, K_DNS_RESOLVER,
+	K_DNSSEC_TRUST_ANCHOR, K_TIMEOUT_DNS,
 	K_LISTEN, K_LISTEN_TLS, K_LISTEN_CERT, K_LISTEN_KEY, K_LISTEN_PLAIN_FROM,
 	K_LISTEN_CLIENT_CA, K_LISTEN_MIN_VERSION, K_LISTEN_CIPHERS,
 	K_PROXY_PROTOCOL, K_PROXY_FROM,
@@ -90,6 +92,12 @@ static const struct key keys[K_COUNT] = {
 	[K_METRICS] = { KEY("metrics", T_METRICS), G(metrics) },
 	[K_SHUTDOWN_GRACE] = { KEY("shutdown_grace", T_DUR),
 	    G(shutdown_grace_ms), .def = "30s", .min = 1, .max = DAY_MS },
+	[K_DNS_RESOLVER] = { KEY("dns_resolver", T_RESOLVER), G(dns_resolvers),
+	    .flags = F_REPEAT },
+	[K_DNSSEC_TRUST_ANCHOR] = { KEY("dnssec_trust_anchor", T_STR),
+	    G(dnssec_trust_anchor), .def = "/usr/share/dns/root.key" },
+	[K_TIMEOUT_DNS] = { KEY("timeout_dns", T_DUR), G(timeout_dns_ms),
+	    .def = "10s", .min = 1, .max = DAY_MS },
 
 	[K_LISTEN] = { KEY("listen", T_LISTEN), S(listen),
 	    .flags = F_REPEAT | F_REQUIRED },
@@ -706,6 +714,34 @@ static bool set_key(struct ctx *c, const struct key *k, struct sect *sc,
 	return (last->key = sdup(c, v, strlen(v))) != NULL;
 }
 
+/* "IP" or "IP@PORT" (libunbound's forwarder syntax), numeric only: a
+ * resolver found by name would need a resolver first. */
+static bool set_resolver(struct ctx *c, const struct key *k, struct sect *sc,
+    const char *v)
+{
+	struct config *g = sc->base;
+	const char *at = strchr(v, '@');
+	size_t hn = at ? (size_t)(at - v) : strlen(v);
+	char host[INET6_ADDRSTRLEN];
+	uint8_t a[16];
+	uint64_t port;
+	char **arr;
+
+	if (hn == 0 || hn >= sizeof host || (at && (!parse_num(at + 1,
+	    strlen(at + 1), 65535, &port) || port == 0)))
+		return bad(c, k, v, "expected a numeric address, optionally "
+		    "with @port, e.g. 127.0.0.1@53 or ::1");
+	memcpy(host, v, hn);
+	host[hn] = '\0';
+	if (inet_pton(AF_INET, host, a) != 1 && inet_pton(AF_INET6, host, a) != 1)
+		return bad(c, k, v, "expected a numeric address, optionally "
+		    "with @port, e.g. 127.0.0.1@53 or ::1");
+	if (!(arr = grow(c, g->dns_resolvers, g->ndns_resolvers, sizeof *arr)))
+		return false;
+	g->dns_resolvers = arr;
+	return (arr[g->ndns_resolvers++] = sdup(c, v, strlen(v))) != NULL;
+}
+
 typedef bool setter(struct ctx *, const struct key *, struct sect *,
     const char *);
 
@@ -714,7 +750,7 @@ static setter *const setters[T_NTYPES] = {
 	[T_ENUM] = set_word, [T_BOOL] = set_word, [T_VERSION] = set_word,
 	[T_DUR] = set_dur, [T_LISTEN] = set_listen, [T_METRICS] = set_metrics,
 	[T_UPSTREAM] = set_upstream, [T_CIDRS] = set_cidrs, [T_PIN] = set_pin,
-	[T_CERT] = set_cert, [T_KEY] = set_key,
+	[T_CERT] = set_cert, [T_KEY] = set_key, [T_RESOLVER] = set_resolver,
 };
 
 static void service_fields_free(struct service *s)
@@ -737,6 +773,9 @@ static void global_fields_free(struct config *g)
 {
 	free(g->user); free(g->helo_name); free(g->metrics);
 	free(g->metrics_addr.text);
+	for (size_t i = 0; i < g->ndns_resolvers; i++)
+		free(g->dns_resolvers[i]);
+	free(g->dns_resolvers); free(g->dnssec_trust_anchor);
 }
 
 /* Scratch sections hold what a refused section parsed; drop it. */

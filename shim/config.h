@@ -97,6 +97,10 @@ struct config {
 	char *metrics;                 /* NULL: no metrics listener */
 	struct sockaddr_text metrics_addr;
 	uint32_t shutdown_grace_ms;    /* SIGTERM: how long sessions may finish */
+	char **dns_resolvers;          /* "IP" or "IP@PORT"; none: resolv.conf */
+	size_t ndns_resolvers;
+	char *dnssec_trust_anchor;     /* DS/DNSKEY file validation starts from */
+	uint32_t timeout_dns_ms;       /* one DNS lookup */
 
 	struct service *services;
 	size_t nservices;

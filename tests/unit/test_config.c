@@ -681,8 +681,21 @@ static void test_unbuilt(void)
 	config_free(cfg);
 	cfg = service_kv("listen_tls = plain");
 	CHECK(cfg && cfg->services[0].timeout_reply_ms == 600000 &&
-	    cfg->shutdown_grace_ms == 30000);
+	    cfg->shutdown_grace_ms == 30000 && cfg->timeout_dns_ms == 10000 &&
+	    cfg->ndns_resolvers == 0 && cfg->dnssec_trust_anchor &&
+	    strcmp(cfg->dnssec_trust_anchor, "/usr/share/dns/root.key") == 0);
 	config_free(cfg);
+	cfg = global_kv("dns_resolver = 127.0.0.1@5353\ndns_resolver = ::1\n"
+	    "timeout_dns = 2s\ndnssec_trust_anchor = /tmp/ta.key");
+	CHECK(cfg && cfg->ndns_resolvers == 2 && cfg->timeout_dns_ms == 2000 &&
+	    strcmp(cfg->dns_resolvers[0], "127.0.0.1@5353") == 0 &&
+	    strcmp(cfg->dns_resolvers[1], "::1") == 0 &&
+	    strcmp(cfg->dnssec_trust_anchor, "/tmp/ta.key") == 0);
+	config_free(cfg);
+	expect_error("[global]\ndns_resolver = ns.example\n" SVC,
+	    "t.conf:2: bad value 'ns.example' for dns_resolver");
+	expect_error("[global]\ndns_resolver = 127.0.0.1@0\n" SVC,
+	    "t.conf:2: bad value '127.0.0.1@0' for dns_resolver");
 	cfg = global_kv("log = syslog");
 	CHECK(cfg && cfg->log == LOG_SYSLOG);
 	config_free(cfg);
