@@ -27,7 +27,7 @@ endif
 # Modules with no I/O: unit-tested and fuzzed alone.
 PURE     := buf config smtp proxy dane
 # The rest: sockets, TLS, events.
-IO       := main listener conn endpoint relay tls log
+IO       := main listener conn endpoint relay tls verify log
 OBJS     := $(addprefix $(B)/,$(addsuffix .o,$(PURE) $(IO)))
 UNIT     := $(patsubst tests/unit/%.c,$(B)/unit/%,$(wildcard tests/unit/test_*.c))
 
