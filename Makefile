@@ -25,7 +25,7 @@ BIN      := mailshim
 endif
 
 # Modules with no I/O: unit-tested and fuzzed alone.
-PURE     := buf config smtp proxy dane
+PURE     := buf config smtp proxy dane http
 # The rest: sockets, TLS, events.
 IO       := main listener conn endpoint relay tls verify log
 OBJS     := $(addprefix $(B)/,$(addsuffix .o,$(PURE) $(IO)))
@@ -55,7 +55,7 @@ $(B)/unit/%: tests/unit/%.c tests/unit/unit.h $(addprefix $(B)/,$(addsuffix .o,$
 
 # libFuzzer targets: the pure modules built with clang's fuzzer runtime.
 FUZZ_TIME ?= 60
-FUZZERS  := config proxy smtp dane
+FUZZERS  := config proxy smtp dane http
 FZ       := build/fuzz
 PURE_SRC := $(addprefix shim/,$(addsuffix .c,$(PURE)))
 $(FZ)/fuzz_%: tests/fuzz/fuzz_%.c $(PURE_SRC) $(wildcard shim/*.h)
