@@ -25,7 +25,7 @@ BIN      := mailshim
 endif
 
 # Modules with no I/O: unit-tested and fuzzed alone.
-PURE     := buf config smtp proxy dane http
+PURE     := buf config smtp proxy dane http metrics
 # The rest: sockets, TLS, events.
 IO       := main listener conn endpoint relay tls verify log
 OBJS     := $(addprefix $(B)/,$(addsuffix .o,$(PURE) $(IO)))
