@@ -8,7 +8,6 @@ the Dockerfile's runtime stage names only runtime packages of Debian 12
 and runs as a non-root user, and its health check works against a real
 HTTP listener."""
 
-import configparser
 import http.server
 import json
 import os
@@ -165,14 +164,14 @@ def test_every_config_key_is_documented_in_its_section():
     keys = table_keys()
     items = [(s, names[0], b) for s, names, b in man_items(MAN5)
              if s in ("GLOBAL KEYS", "SERVICE KEYS")]
-    documented = {n: (s, b) for s, n, b in items}
-    missing = sorted(set(keys) - set(documented))
+    docs = {n: (s, b) for s, n, b in items}
+    missing = sorted(set(keys) - set(docs))
     assert not missing, "keys of shim/config.c missing from mailshim.conf.5: %s" % missing
-    stale = sorted(set(documented) - set(keys))
+    stale = sorted(set(docs) - set(keys))
     assert not stale, "mailshim.conf.5 documents keys the table lacks: %s" % stale
-    assert len(items) == len(documented), "a key is documented twice"
+    assert len(items) == len(docs), "a key is documented twice"
     for name, scope in keys.items():
-        section, body = documented[name]
+        section, body = docs[name]
         want = "GLOBAL KEYS" if scope == "G" else "SERVICE KEYS"
         assert section == want, "%s is a %s key but documented under %s" % (name, want, section)
         assert "Default:" in body or "Required" in body, \
@@ -277,7 +276,7 @@ def test_make_install_stages_every_file(staged):
     assert files == want
     assert not (destdir / "etc/mailshim/conf.d").exists(), "make install created conf.d"
     assert os.stat(destdir / "usr/sbin/mailshim").st_mode & 0o777 == 0o755
-    for f in files[1:]:
+    for f in files:
         if f != "usr/sbin/mailshim":
             assert os.stat(destdir / f).st_mode & 0o777 == 0o644, f
     r = run([destdir / "usr/sbin/mailshim", "-V"])
@@ -659,3 +658,38 @@ def test_healthcheck_command_against_a_real_listener(ports, status, healthy):
 def test_healthcheck_command_fails_when_nothing_listens(ports):
     r = run(healthcheck_argv(ports.get()), timeout=20)
     assert r.returncode != 0
+
+
+def test_dockerfile_build_stage_builds_from_what_it_copies(tmp_path):
+    """The build stage's commands, run on exactly the files it COPYs (and
+    .dockerignore lets through), yield every file the runtime stage takes."""
+    stages = dockerfile_stages()
+    build = stages[0][1]
+    ignored = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().split("\n")
+               if ln.strip() and not ln.startswith("#")]
+    ctx = tmp_path / "src"
+    ctx.mkdir()
+    for instr, arg in build:
+        if instr != "COPY":
+            continue
+        *srcs, _ = arg.split()
+        for src in srcs:
+            name = src.rstrip("/")
+            assert name not in ignored, "%s is COPYed but .dockerignore drops it" % name
+            if (ROOT / name).is_dir():
+                shutil.copytree(ROOT / name, ctx / name,
+                                ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy(ROOT / name, ctx / name)
+    runs = [a for i, a in build if i == "RUN" and "apt-get" not in a]
+    assert len(runs) == 1, runs
+    out = tmp_path / "out"
+    script = runs[0].replace("DESTDIR=/out", "DESTDIR=%s" % out)
+    r = run(["sh", "-c", script], cwd=ctx, env=clean_env(), timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for instr, arg in stages[-1][1]:
+        if instr == "COPY" and arg.startswith("--from=build"):
+            src = arg.split()[1]
+            assert src.startswith("/out/") and (out / src[len("/out/"):]).exists(), src
+    r = run([out / "usr/sbin/mailshim", "-V"])
+    assert r.returncode == 0 and "BoringSSL" in r.stdout
