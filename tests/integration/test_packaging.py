@@ -362,6 +362,9 @@ def test_unit_settings():
                       ("ProtectKernelTunables", "yes"), ("ProtectKernelModules", "yes"),
                       ("ProtectControlGroups", "yes")]:
         assert one(key) == want, key
+    # SIGTERM to the supervisor alone: a worker taking a second SIGTERM
+    # closes its sessions at once, with no grace period.
+    assert one("KillMode") == "mixed"
     # The grace period must fit before systemd's SIGKILL.
     assert int(one("TimeoutStopSec").rstrip("s")) > 30
     assert one("WantedBy", "[Install]") == "multi-user.target"
