@@ -35,7 +35,6 @@ RUN apt-get update \
         --home-dir /nonexistent --shell /usr/sbin/nologin mailshim \
  && mkdir -p /etc/mailshim/conf.d
 COPY --from=build /out/usr/sbin/mailshim /usr/sbin/mailshim
-COPY --from=build /out/usr/share/man/ /usr/share/man/
 COPY --from=build /out/etc/mailshim/conf.d.example/ /etc/mailshim/conf.d.example/
 
 # Numeric, so Kubernetes' runAsNonRoot can check it.
