@@ -99,3 +99,25 @@ bench: deps all
 # SOAK_MAX_SIZE (10485760), SOAK_ONLY, SOAK_SEED, SOAK_TIMEOUT, SOAK_KEEP.
 soak: deps all
 	@MAILSHIM=$(abspath $(BIN)) /usr/bin/python3 tests/soak/soak.py
+
+# `make install` (PREFIX=/usr/local, DESTDIR for staging): the binary, the
+# man pages, the systemd unit (its paths rewritten to PREFIX) and an example
+# configuration in /etc/mailshim/conf.d.example. /etc/mailshim/conf.d itself
+# is never created or touched: the configuration in use is the admin's.
+PREFIX   ?= /usr/local
+SBINDIR  := $(PREFIX)/sbin
+MANDIR   := $(PREFIX)/share/man
+UNITDIR  := $(PREFIX)/lib/systemd/system
+CONFDIR  := /etc/mailshim
+
+.PHONY: install
+install: all
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5 \
+		$(DESTDIR)$(UNITDIR) $(DESTDIR)$(CONFDIR)/conf.d.example
+	install -m 0755 $(BIN) $(DESTDIR)$(SBINDIR)/mailshim
+	install -m 0644 man/mailshim.8 $(DESTDIR)$(MANDIR)/man8/mailshim.8
+	install -m 0644 man/mailshim.conf.5 $(DESTDIR)$(MANDIR)/man5/mailshim.conf.5
+	sed 's|/usr/sbin/mailshim|$(SBINDIR)/mailshim|g' packaging/mailshim.service \
+		>$(DESTDIR)$(UNITDIR)/mailshim.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/mailshim.service
+	install -m 0644 packaging/conf.d.example/*.conf $(DESTDIR)$(CONFDIR)/conf.d.example/

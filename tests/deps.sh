@@ -12,10 +12,14 @@ build="gcc make libc6-dev android-libboringssl-dev libev-dev clang libclang-rt-1
 peers="openssl ca-certificates swaks libnet-ssleay-perl perl-openssl-defaults libio-socket-inet6-perl
  postfix python3 python3-aiosmtpd python3-pytest python3-pytest-xdist
  testssl.sh valgrind procps iproute2 util-linux haproxy"
+# test_packaging.py: man pages rendered by man-db (groff-base does the
+# rendering), the unit checked by systemd-analyze (package systemd), the
+# manifests linted by yamllint and read by python3-yaml, readelf (binutils).
+packaging="man-db groff-base systemd yamllint python3-yaml binutils"
 case "${1:-}" in bench) peers="$peers stunnel4 hitch libssl-dev" ;; esac
 
 missing=
-for p in $build $peers; do
+for p in $build $peers $packaging; do
 	status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || :)
 	case $status in
 	*" ok installed") ;;
