@@ -29,6 +29,7 @@
 #define DNS_MAGIC   0x646e7351u   /* "dnsQ" */
 #define CLASS_IN    1
 #define RCODE_NXDOMAIN 3
+#define DNS_NAME_MAX 255          /* presentation form, RFC 1035 2.3.4 */
 
 struct dns {
 	struct ev_loop *loop;
@@ -247,10 +248,25 @@ void dns_free(struct dns *d)
 	free(d);
 }
 
+/* The name with a final dot, in buf when one must be added. */
+static const char *dotted(const char *name, char *buf, size_t len)
+{
+	size_t n = strlen(name);
+
+	if (n == 0 || name[n - 1] == '.' || n + 2 > len)
+		return name;
+	memcpy(buf, name, n);
+	buf[n] = '.';
+	buf[n + 1] = '\0';
+	return buf;
+}
+
 static void deliver(struct dns_query *q, struct dns_answer *a)
 {
 	struct dns *d = q->dns;
+	char canon[DNS_NAME_MAX + 2];
 
+	a->canon = dotted(a->canon ? a->canon : q->name, canon, sizeof canon);
 	unlink_query(q);
 	d->in_cb = q;
 	q->cb(a, q->arg);
@@ -278,7 +294,7 @@ static void on_result(void *arg, int err, struct ub_result *r)
 	if (!q || q->magic != DNS_MAGIC)
 		abort();
 	a = (struct dns_answer){ .name = q->name, .rrtype = q->rrtype,
-	    .rcode = -1, .canon = q->name };
+	    .rcode = -1 };
 	if (err || !r) {
 		a.status = DNS_FAIL;
 		a.error = err ? ub_strerror(err) : "no result";
@@ -299,8 +315,7 @@ static void on_result(void *arg, int err, struct ub_result *r)
 		n++;
 	if (n && !(rr = calloc(n, sizeof *rr))) {
 		a = (struct dns_answer){ .status = DNS_FAIL, .name = q->name,
-		    .rrtype = q->rrtype, .rcode = -1, .canon = q->name,
-		    .error = "out of memory" };
+		    .rrtype = q->rrtype, .rcode = -1, .error = "out of memory" };
 		n = 0;
 	}
 	for (i = 0; i < n; i++)
@@ -338,7 +353,7 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
 	if (!q || q->magic != DNS_MAGIC)
 		abort();
 	a = (struct dns_answer){ .name = q->name, .rrtype = q->rrtype,
-	    .rcode = -1, .canon = q->name };
+	    .rcode = -1 };
 	if (q->fail) {
 		a.status = DNS_FAIL;
 		a.error = q->fail;

@@ -77,7 +77,7 @@ struct dns_rr {
  * outlives it. An NXDOMAIN or NODATA answer is a valid DNS_SECURE or
  * DNS_INSECURE answer that says "no records" (nrr == 0). Records, flags,
  * ttl and canon come with DNS_SECURE and DNS_INSECURE only: any other
- * status has nrr == 0, ttl 0, no flags and canon == name (a bogus
+ * status has nrr == 0, ttl 0, no flags and canon = name (a bogus
  * answer's records are forged or broken; they are never handed out).
  */
 struct dns_answer {
@@ -88,8 +88,9 @@ struct dns_answer {
 	int nxdomain;             /* the name does not exist */
 	int nodata;               /* the name exists, without records of rrtype */
 	uint32_t ttl;             /* seconds the answer may be kept */
-	const char *canon;        /* the name after CNAME expansion, with a final
-	                           * dot; the name asked when no records came */
+	const char *canon;        /* the name after CNAME expansion, with a
+	                           * final dot: the name asked (dotted) when no
+	                           * records came */
 	const struct dns_rr *rr;  /* nrr records of rrtype, any order */
 	size_t nrr;
 	const char *why_bogus;    /* libunbound's reason, or NULL */
