@@ -196,16 +196,16 @@ int main(int argc, char **argv)
 	const char *anchor = NULL;
 	long timeout = -1, tick_ms = 0;
 	char err[512];
-	struct dns *d;
+	struct dns *d = NULL;
 	double start;
-	int c, rc = 0;
+	int c, rc = 2;
 
 	log_setup(LOG_STDERR, LEVEL_DEBUG);
 	while ((c = getopt(argc, argv, "c:r:a:t:k:w:")) != -1) {
 		switch (c) {
 		case 'c':
 			if (!(loaded = config_load(optarg, stderr)))
-				return 2;
+				goto out;
 			cfg = *loaded;
 			break;
 		case 'r': resolvers[nres++] = optarg; break;
@@ -213,11 +213,13 @@ int main(int argc, char **argv)
 		case 't': timeout = atol(optarg); break;
 		case 'k': tick_ms = atol(optarg); break;
 		case 'w': linger_s = atol(optarg) / 1000.0; break;
-		default: return usage();
+		default: usage(); goto out;
 		}
 	}
-	if (optind >= argc)
-		return usage();
+	if (optind >= argc) {
+		usage();
+		goto out;
+	}
 	if (nres) {
 		cfg.dns_resolvers = resolvers;
 		cfg.ndns_resolvers = nres;
@@ -234,8 +236,10 @@ int main(int argc, char **argv)
 		struct slot *s = &slots[i];
 		if (*q == '!' || *q == '^')
 			s->mode = *q++ == '!' ? M_CANCEL_NOW : M_CANCEL_IN_CB;
-		if (!(slash = strrchr(q, '/')) || (s->type = parse_type(slash + 1)) < 0)
-			return usage();
+		if (!(slash = strrchr(q, '/')) || (s->type = parse_type(slash + 1)) < 0) {
+			usage();
+			goto out;
+		}
 		*slash = '\0';
 		s->name = q;
 	}
@@ -244,7 +248,7 @@ int main(int argc, char **argv)
 	if (!(d = dns_new(loop, &cfg, err, sizeof err))) {
 		fprintf(stderr, "dns_new: %s\n", err);
 		printf("setup error=\"%s\"\n", err);
-		return 2;
+		goto out;
 	}
 	if (tick_ms > 0) {
 		ev_timer_init(&tick, on_tick, tick_ms / 1000.0, tick_ms / 1000.0);
@@ -258,7 +262,7 @@ int main(int argc, char **argv)
 		s->t0 = ev_now(loop);
 		if (!(s->q = dns_lookup(d, s->name, s->type, on_answer, s))) {
 			fprintf(stderr, "dns_lookup %s: out of memory\n", s->name);
-			return 2;
+			goto out;
 		}
 		if (s->mode == M_CANCEL_NOW)
 			cancel_slot(s);
@@ -279,11 +283,13 @@ int main(int argc, char **argv)
 	printf("done answers=%zu cancelled=%zu late=%zu pending=%zu ticks=%lu "
 	    "maxgap_ms=%.0f ms=%.0f\n", answers, ncancelled, late,
 	    dns_pending(d), ticks, max_gap * 1000, (ev_now(loop) - start) * 1000);
-	if (late)
-		rc = 3;
+	rc = late ? 3 : 0;
+out:
 	dns_free(d);
-	ev_timer_stop(loop, &tick);
-	ev_loop_destroy(loop);
+	if (loop) {
+		ev_timer_stop(loop, &tick);
+		ev_loop_destroy(loop);
+	}
 	config_free(loaded);
 	free(slots);
 	free(resolvers);
