@@ -339,8 +339,13 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
 	if (!d || d->io.data != d)
 		abort();
 	/* Reads every answer waiting, without blocking, and calls on_result. */
-	if ((rc = ub_process(d->ub)))
-		log_msg(LEVEL_ERROR, "dns: reading answers: %s", ub_strerror(rc));
+	if ((rc = ub_process(d->ub)) == 0)
+		return;
+	log_msg(LEVEL_ERROR, "dns: reading answers: %s", ub_strerror(rc));
+	/* The resolver thread is gone: stop watching a pipe that stays
+	 * readable at EOF. Pending and later lookups end in DNS_TIMEOUT. */
+	if (rc == UB_PIPE)
+		ev_io_stop(d->loop, &d->io);
 }
 
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)

@@ -13,7 +13,8 @@ of every signed top zone. Point the shim (or tests/dnstest/dnsprobe) at it:
                                  "_25._tcp.mx TLSA " + tlsa(cert, 3, 1, 1)]),
              Zone("plain.test.", ["mx A 127.0.0.1"], signed=False)]
     server = DnsServer(procs, ports, workdir, zones,
-                       bogus=["bad.dane.test."])     # RRSIGs corrupted
+                       bogus=["bad.dane.test."],     # RRSIGs corrupted
+                       bad_ds=["broken.test."])      # DS of another key
     server.restart(zones2)                            # new records, same keys
 
 A zone whose parent is among the zones is delegated from it (NS and glue,
@@ -126,7 +127,9 @@ def _parent(zone, names):
 class DnsServer:
     """nsd serving zones on 127.0.0.1:port (UDP and TCP), signed unless a
     zone says signed=False or is named in insecure_zones. bogus lists owner
-    names ("name" or "name/TYPE") whose RRSIGs are corrupted after signing.
+    names ("name" or "name/TYPE") whose RRSIGs are corrupted after signing;
+    bad_ds names signed child zones whose parent publishes the DS of another
+    key (a broken chain: everything in them is bogus).
 
     .port, .trust_anchor_path (DS of the signed top zones),
     .wrong_trust_anchor_path (DS of keys that signed nothing: every answer
@@ -134,7 +137,7 @@ class DnsServer:
     Keys live as long as the object, so a restart keeps the anchor valid.
     The nsd process belongs to procs: the test's teardown kills it."""
 
-    def __init__(self, procs, ports, workdir, zones, bogus=(), insecure_zones=()):
+    def __init__(self, procs, ports, workdir, zones, bogus=(), insecure_zones=(), bad_ds=()):
         gone = missing_tools()
         if gone:
             raise HarnessError("the DNS test server needs: " + "; ".join(gone))
@@ -148,7 +151,7 @@ class DnsServer:
         self.serial = 0
         self.trust_anchor_path = str(self.dir / "trust-anchor.ds")
         self.wrong_trust_anchor_path = str(self.dir / "wrong-anchor.ds")
-        self.restart(zones, bogus, insecure_zones)
+        self.restart(zones, bogus, insecure_zones, bad_ds)
 
     # -- zones --------------------------------------------------------------
 
@@ -194,8 +197,9 @@ class DnsServer:
         path.write_text("\n".join(out) + "\n")
         return hit
 
-    def _build(self, zones, bogus, insecure_zones):
+    def _build(self, zones, bogus, insecure_zones, bad_ds):
         insecure = {absolute(z).lower() for z in insecure_zones}
+        bad_ds = {absolute(z).lower() for z in bad_ds}
         byname = {z.name: z for z in zones}
         signed = {n for n, z in byname.items() if z.signed and n not in insecure}
         children = {n: [] for n in byname}
@@ -207,7 +211,8 @@ class DnsServer:
         files, corrupted = {}, set()
         # Deepest first: a parent needs its children's DS records.
         for n in sorted(byname, key=lambda x: -x.count(".")):
-            kids = [(c, [self._keypair(c)[2]] if c in signed else [])
+            kids = [(c, [] if c not in signed else
+                     [self._stray_ds(c) if c in bad_ds else self._keypair(c)[2]])
                     for c in children[n]]
             path = self.dir / (n + "zone")
             path.write_text(byname[n].text(kids, self.serial))
@@ -220,17 +225,17 @@ class DnsServer:
             raise HarnessError("no RRSIG to corrupt at %s" % ", ".join(sorted(asked - corrupted)))
         anchors = [self._keypair(n)[2] for n in tops if n in signed]
         Path(self.trust_anchor_path).write_text("\n".join(anchors) + "\n")
-        self._write_wrong_anchor([n for n in tops if n in signed])
+        Path(self.wrong_trust_anchor_path).write_text(
+            "\n".join(self._stray_ds(n) for n in tops if n in signed) + "\n")
         return files
 
-    def _write_wrong_anchor(self, tops):
-        lines = []
-        for n in tops:
-            k = _run(["ldns-keygen", "-a", ALGORITHM, "-k", n], cwd=self.dir).decode().strip()
-            lines.append((self.dir / (k + ".ds")).read_text().strip())
-            for ext in (".key", ".private", ".ds"):
-                (self.dir / (k + ext)).unlink()
-        Path(self.wrong_trust_anchor_path).write_text("\n".join(lines) + "\n")
+    def _stray_ds(self, zone):
+        """The DS of a key made for zone that signs nothing."""
+        k = _run(["ldns-keygen", "-a", ALGORITHM, "-k", zone], cwd=self.dir).decode().strip()
+        ds = (self.dir / (k + ".ds")).read_text().strip()
+        for ext in (".key", ".private", ".ds"):
+            (self.dir / (k + ext)).unlink()
+        return ds
 
     # -- nsd ----------------------------------------------------------------
 
@@ -268,13 +273,13 @@ class DnsServer:
                     tail(log.read_text()) if log.exists() else ""))
             time.sleep(0.05)
 
-    def restart(self, zones, bogus=(), insecure_zones=()):
+    def restart(self, zones, bogus=(), insecure_zones=(), bad_ds=()):
         """Serve zones (re-signed with the same keys) from now on, on the
         same port. A resolver may keep old answers for their TTL."""
         self.stop()
         self.serial += 1
         self.zones = list(zones)
-        files = self._build(self.zones, list(bogus), list(insecure_zones))
+        files = self._build(self.zones, list(bogus), list(insecure_zones), list(bad_ds))
         conf = self._conf(files)
         self.proc = self.procs.start("nsd", [NSD, "-d", "-c", conf])
         self._ready(list(files))
