@@ -4,7 +4,8 @@
  * line per answer, then a summary line.
  *
  * usage: dnsprobe [-c CONFDIR] [-r RESOLVER]... [-a TRUST_ANCHOR]
- *                 [-t TIMEOUT_MS] [-k TICK_MS] [-w LINGER_MS] QUERY...
+ *                 [-t TIMEOUT_MS] [-k TICK_MS] [-w LINGER_MS] [-R AT_MS]
+ *                 QUERY...
  *   -c       read dns_resolver, dnssec_trust_anchor, timeout_dns from a
  *            configuration directory (flags given as well override it)
  *   -k       a repeating timer of TICK_MS; the summary says how often it
@@ -12,12 +13,15 @@
  *            shows as a long gap)
  *   -w       keep the loop running LINGER_MS after the last answer, so a
  *            callback of a cancelled lookup would still be seen
+ *   -R       once every answer is in, at AT_MS after the start, ask every
+ *            plain QUERY again on the same context (wave=2): a long-lived
+ *            resolver seeing records change; "wave1" is printed first
  *   QUERY    NAME/TYPE (TYPE: A AAAA CNAME MX TXT TLSA or a number),
  *            prefixed with ! to cancel it right after starting it, or ^ to
  *            cancel it from inside the first other answer's callback
  *
  * Output, key=value:
- *   answer name= type= status= nxdomain= nodata= rcode= ttl= canon= n=
+ *   answer name= type= wave= status= nxdomain= nodata= rcode= ttl= canon= n=
  *          rr=HEX,HEX|- addrs=IP,IP|- ms= why="..." error="..."
  *   cancel name= type=
  *   done answers= cancelled= late= ticks= maxgap_ms= ms=
@@ -50,10 +54,11 @@ struct slot {
 static struct slot *slots;
 static size_t nslots, waiting, answers, ncancelled, late;
 static struct ev_loop *loop;
-static ev_timer tick, linger;
+static struct dns *dns;
+static ev_timer tick, linger, again;
 static unsigned long ticks;
-static double last_tick, max_gap, linger_s;
-static int cancelled_in_cb;
+static double last_tick, max_gap, linger_s, again_s, start;
+static int cancelled_in_cb, wave = 1;
 
 static const struct { const char *name; int type; } types[] = {
 	{ "A", DNS_TYPE_A }, { "AAAA", DNS_TYPE_AAAA },
@@ -88,9 +93,9 @@ static void print_answer(const struct slot *s, const struct dns_answer *a)
 	struct sockaddr_storage ss[64];
 	size_t naddr = dns_addrs(a, 25, ss, 64);
 
-	printf("answer name=%s type=%s status=%s nxdomain=%d nodata=%d rcode=%d "
-	    "ttl=%u canon=%s n=%zu rr=", a->name, type_name(a->rrtype, tbuf,
-	    sizeof tbuf), dns_status_name(a->status), a->nxdomain, a->nodata,
+	printf("answer name=%s type=%s wave=%d status=%s nxdomain=%d nodata=%d "
+	    "rcode=%d ttl=%u canon=%s n=%zu rr=", a->name, type_name(a->rrtype,
+	    tbuf, sizeof tbuf), wave, dns_status_name(a->status), a->nxdomain, a->nodata,
 	    a->rcode, a->ttl, a->canon, a->nrr);
 	for (size_t i = 0; i < a->nrr; i++) {
 		if (i)
@@ -115,6 +120,17 @@ static void print_answer(const struct slot *s, const struct dns_answer *a)
 static void maybe_finish(void)
 {
 	if (waiting > 0)
+		return;
+	if (wave == 1 && again_s > 0) {
+		double at = start + again_s - ev_now(loop);
+		printf("wave1\n");
+		fflush(stdout);
+		ev_timer_set(&again, at > 0 ? at : 0., 0.);
+		ev_timer_start(loop, &again);
+		wave = 2;
+		return;
+	}
+	if (ev_is_active(&again))
 		return;
 	if (linger_s > 0 && !ev_is_active(&linger))
 		ev_timer_start(loop, &linger);
@@ -172,6 +188,24 @@ static void on_tick(struct ev_loop *l, ev_timer *w, int revents)
 	ticks++;
 }
 
+/* Wave 2: the plain lookups once more, on the same context. */
+static void on_again(struct ev_loop *l, ev_timer *w, int revents)
+{
+	(void)w;
+	(void)revents;
+	for (size_t i = 0; i < nslots; i++) {
+		struct slot *s = &slots[i];
+		if (s->mode != M_WAIT)
+			continue;
+		s->done = 0;
+		s->t0 = ev_now(l);
+		if (!(s->q = dns_lookup(dns, s->name, s->type, on_answer, s)))
+			abort();
+		waiting++;
+	}
+	maybe_finish();
+}
+
 static void on_linger(struct ev_loop *l, ev_timer *w, int revents)
 {
 	(void)w;
@@ -183,7 +217,7 @@ static int usage(void)
 {
 	fprintf(stderr, "usage: dnsprobe [-c CONFDIR] [-r RESOLVER]... "
 	    "[-a TRUST_ANCHOR] [-t TIMEOUT_MS] [-k TICK_MS] [-w LINGER_MS] "
-	    "[!|^]NAME/TYPE...\n");
+	    "[-R AT_MS] [!|^]NAME/TYPE...\n");
 	return 2;
 }
 
@@ -197,11 +231,10 @@ int main(int argc, char **argv)
 	long timeout = -1, tick_ms = 0;
 	char err[512];
 	struct dns *d = NULL;
-	double start;
 	int c, rc = 2;
 
 	log_setup(LOG_STDERR, LEVEL_DEBUG);
-	while ((c = getopt(argc, argv, "c:r:a:t:k:w:")) != -1) {
+	while ((c = getopt(argc, argv, "c:r:a:t:k:w:R:")) != -1) {
 		switch (c) {
 		case 'c':
 			if (!(loaded = config_load(optarg, stderr)))
@@ -213,6 +246,7 @@ int main(int argc, char **argv)
 		case 't': timeout = atol(optarg); break;
 		case 'k': tick_ms = atol(optarg); break;
 		case 'w': linger_s = atol(optarg) / 1000.0; break;
+		case 'R': again_s = atol(optarg) / 1000.0; break;
 		default: usage(); goto out;
 		}
 	}
@@ -245,7 +279,7 @@ int main(int argc, char **argv)
 	}
 
 	loop = ev_default_loop(0);
-	if (!(d = dns_new(loop, &cfg, err, sizeof err))) {
+	if (!(d = dns = dns_new(loop, &cfg, err, sizeof err))) {
 		fprintf(stderr, "dns_new: %s\n", err);
 		printf("setup error=\"%s\"\n", err);
 		goto out;
@@ -255,6 +289,7 @@ int main(int argc, char **argv)
 		ev_timer_start(loop, &tick);
 	}
 	ev_timer_init(&linger, on_linger, linger_s, 0.);
+	ev_timer_init(&again, on_again, 0., 0.);
 
 	start = ev_now(loop);
 	for (size_t i = 0; i < nslots; i++) {
@@ -274,7 +309,7 @@ int main(int argc, char **argv)
 		for (size_t i = 0; i < nslots; i++)
 			if (slots[i].mode == M_CANCEL_IN_CB)
 				cancel_slot(&slots[i]);
-	if (waiting > 0 || linger_s > 0) {
+	if (waiting > 0 || linger_s > 0 || again_s > 0) {
 		maybe_finish();
 		ev_run(loop, 0);
 	}

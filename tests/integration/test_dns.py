@@ -21,7 +21,8 @@ import pytest
 from test_valgrind import VALGRIND, VALGRIND_ARGS, report_problems
 
 from dnszone import DnsServer, Zone, tlsa, tlsa_wire_hex
-from harness import REPO, SANITIZER_MARKS, HarnessError, Procs, mailshim_binary, parse_kv
+from harness import (REPO, SANITIZER_MARKS, HarnessError, Procs, mailshim_binary, parse_kv,
+                     wait_until)
 
 NHOSTS = 50
 
@@ -36,23 +37,35 @@ def dnsprobe_path():
     return REPO / "build" / "rel" / "dnsprobe"
 
 
-def probe(*args, timeout=30):
-    """Run dnsprobe; returns (answers by "name/TYPE", the done line, raw)."""
+def dnsprobe_argv(*args):
     exe = dnsprobe_path()
     if not os.access(exe, os.X_OK):
         raise HarnessError("%s missing: build it with `make units` (SAN=1 for "
                            "build/san)" % exe)
-    r = subprocess.run([str(exe)] + [str(a) for a in args], capture_output=True,
-                       text=True, timeout=timeout)
+    return [str(exe)] + [str(a) for a in args]
+
+
+def probe(*args, timeout=30):
+    """Run dnsprobe; returns (the run, answers by "name/TYPE", the done
+    line, the cancelled "name/TYPE"s, the names answered after a cancel)."""
+    r = subprocess.run(dnsprobe_argv(*args), capture_output=True, text=True,
+                       timeout=timeout)
     for mark in SANITIZER_MARKS:
         assert mark not in r.stderr, r.stderr
+    return (r,) + parse_output(r.stdout)
+
+
+def parse_output(text):
+    """Answers are keyed "name/TYPE", or "name/TYPE#2" in the second wave."""
     answers, done, cancels, late = {}, None, [], []
-    for line in r.stdout.splitlines():
+    for line in text.splitlines():
         kind = line.split(" ", 1)[0]
         kv = parse_kv(line)
         if kind == "answer":
             key = "%s/%s" % (kv["name"], kv["type"])
-            assert key not in answers, "two callbacks for %s:\n%s" % (key, r.stdout)
+            if kv["wave"] != "1":
+                key += "#" + kv["wave"]
+            assert key not in answers, "two callbacks for %s:\n%s" % (key, text)
             answers[key] = kv
         elif kind == "done":
             done = kv
@@ -60,7 +73,7 @@ def probe(*args, timeout=30):
             cancels.append("%s/%s" % (kv["name"], kv["type"]))
         elif kind == "late":
             late.append(kv["name"])
-    return r, answers, done, cancels, late
+    return answers, done, cancels, late
 
 
 def ok_probe(*args, **kw):
@@ -312,6 +325,16 @@ def test_root_anchor_alone_does_not_validate_test_zone(dns):
     assert a["mx.dane.test/A"]["status"] != "secure"
 
 
+def test_malformed_name_fails_from_the_loop(dns):
+    # A label of 70 bytes cannot be asked: a DNS_FAIL answer, delivered
+    # later from the loop like any other (never inside dns_lookup).
+    bad = "x" * 70 + ".dane.test"
+    a, done, _ = ok_probe(*at(dns), bad + "/A", "mx.dane.test/A")
+    ans = a[bad + "/A"]
+    assert ans["status"] == "fail" and ans["error"] and ans["rcode"] == "-1", ans
+    assert a["mx.dane.test/A"]["status"] == "secure" and done["answers"] == "2"
+
+
 def test_name_outside_every_served_zone_fails(dns):
     # nsd refuses names it has no zone for: the answer is a failure.
     a, _, _ = ok_probe(*at(dns), "-t", "5000", "www.example.com/A")
@@ -462,7 +485,7 @@ def test_under_valgrind(dns, silent, tmp_path):
                        + at(dns) + ["-w", "300"] + queries,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr + log.read_text()
-    assert "answer name=mx.dane.test type=A status=secure" in r.stdout
+    assert "answer name=mx.dane.test type=A wave=1 status=secure" in r.stdout
     assert report_problems(log.read_text()) == [], log.read_text()
     r = subprocess.run([VALGRIND] + VALGRIND_ARGS + ["--log-file=%s" % log, str(exe),
                         "-r", "127.0.0.1@%d" % silent, "-a", dns.trust_anchor_path,
@@ -470,3 +493,38 @@ def test_under_valgrind(dns, silent, tmp_path):
                         "!c.dane.test/A"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "status=timeout" in r.stdout, r.stdout + r.stderr
     assert report_problems(log.read_text()) == [], log.read_text()
+
+
+def test_long_lived_context_sees_changed_records(tmp_path, ports, pki):
+    """One context across a restart of the server with a fixed TLSA record
+    (TTL 1 s): its second lookup sees the new record, still secure."""
+    old, new = tlsa(pki.server, 3, 1, 1), tlsa(pki.upstream, 3, 1, 1)
+
+    def zones(rec):
+        return [Zone("test.", [], ttl=1),
+                Zone("dane.test.", ["mx A 127.0.0.1", "_25._tcp.mx TLSA " + rec], ttl=1)]
+
+    procs = Procs(tmp_path)
+    try:
+        server = DnsServer(procs, ports, tmp_path, zones(old))
+        out = tmp_path / "probe.out"
+        with open(out, "w") as f:
+            p = subprocess.Popen(dnsprobe_argv(*at(server), "-R", "6000",
+                                               "_25._tcp.mx.dane.test/TLSA"),
+                                 stdout=f, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_until(lambda: "wave1" in out.read_text(), 10, "the first answer")
+            server.restart(zones(new))
+            _, err = p.communicate(timeout=30)
+        finally:
+            p.kill()
+            p.wait()
+        assert p.returncode == 0, err
+        for mark in SANITIZER_MARKS:
+            assert mark not in err, err
+        a, done, _, _ = parse_output(out.read_text())
+        first, second = a["_25._tcp.mx.dane.test/TLSA"], a["_25._tcp.mx.dane.test/TLSA#2"]
+        assert first["status"] == "secure" and rrs(first) == {tlsa_wire_hex(old)}, first
+        assert second["status"] == "secure" and rrs(second) == {tlsa_wire_hex(new)}, second
+    finally:
+        procs.cleanup()
