@@ -126,7 +126,8 @@ def _parent(zone, names):
 
 class DnsServer:
     """nsd serving zones on 127.0.0.1:port (UDP and TCP), signed unless a
-    zone says signed=False or is named in insecure_zones. bogus lists owner
+    zone says signed=False or is in insecure_zones (names of zones, or Zone
+    objects to serve unsigned). bogus lists owner
     names ("name" or "name/TYPE") whose RRSIGs are corrupted after signing;
     bad_ds names signed child zones whose parent publishes the DS of another
     key (a broken chain: everything in them is bogus).
@@ -278,8 +279,10 @@ class DnsServer:
         same port. A resolver may keep old answers for their TTL."""
         self.stop()
         self.serial += 1
-        self.zones = list(zones)
-        files = self._build(self.zones, list(bogus), list(insecure_zones), list(bad_ds))
+        # insecure_zones may name zones, or be Zone objects served unsigned.
+        self.zones = list(zones) + [z for z in insecure_zones if isinstance(z, Zone)]
+        unsigned = [z.name if isinstance(z, Zone) else z for z in insecure_zones]
+        files = self._build(self.zones, list(bogus), unsigned, list(bad_ds))
         conf = self._conf(files)
         self.proc = self.procs.start("nsd", [NSD, "-d", "-c", conf])
         self._ready(list(files))

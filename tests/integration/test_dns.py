@@ -453,9 +453,11 @@ def test_restart_changes_records_under_the_same_anchor(tmp_path, ports, pki):
     procs = Procs(tmp_path)
     try:
         zones, expect = make_zones(pki)
-        server = DnsServer(procs, ports, tmp_path, zones, insecure_zones=["plain.test."])
+        server = DnsServer(procs, ports, tmp_path, zones,
+                           insecure_zones=["plain.test.", Zone("island.test.", ["x A 127.0.0.9"])])
         anchor = Path(server.trust_anchor_path).read_text()
-        a, _, _ = ok_probe(*at(server), "_25._tcp.mx.dane.test/TLSA")
+        a, _, _ = ok_probe(*at(server), "_25._tcp.mx.dane.test/TLSA", "x.island.test/A")
+        assert a["x.island.test/A"]["status"] == "insecure"
         before = rrs(a["_25._tcp.mx.dane.test/TLSA"])
         assert before == set(expect.values())
         fixed = tlsa(pki.upstream, 3, 1, 1)
