@@ -11,7 +11,13 @@ CFLAGS   += -std=c11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
             -D_GNU_SOURCE -DMAILSHIM_VERSION='"$(VERSION)"' -fno-strict-aliasing
 SSL_CFLAGS := -I$(SSL_INC)
 SSL_LIBS := -L$(SSL_LIB) -Wl,-rpath,$(SSL_LIB) -l:libssl.so.0 -l:libcrypto.so.0
-LIBS     := $(SSL_LIBS) -lev
+# libev is linked as its core object alone (ev.o out of libev.a, see
+# $(EV_O) below), never -lev: Debian's libev.so also exports libevent-style
+# event_* functions, and libunbound's resolver thread, built on libevent,
+# would call those and corrupt memory. libunbound uses nettle, not OpenSSL.
+LIBEV_A  := $(shell $(CC) -print-file-name=libev.a)
+DNS_LIBS := -lunbound
+LIBS     := $(SSL_LIBS) $(DNS_LIBS)
 
 ifeq ($(SAN),1)
 B        := build/san
@@ -27,21 +33,30 @@ endif
 # Modules with no I/O: unit-tested and fuzzed alone.
 PURE     := buf config smtp proxy dane http metrics
 # The rest: sockets, TLS, events.
-IO       := main listener conn endpoint relay tls verify log
+IO       := main listener conn endpoint relay tls verify log dns upname
 OBJS     := $(addprefix $(B)/,$(addsuffix .o,$(PURE) $(IO)))
+EV_O     := $(B)/ev.o
+# The DNS module's test driver (tests/dnstest/, run by test_dns.py).
+DNSPROBE := $(B)/dnsprobe
 UNIT     := $(patsubst tests/unit/%.c,$(B)/unit/%,$(wildcard tests/unit/test_*.c))
 
 .PHONY: all deps run test unit units clean fuzz soak bench check-ldd
 
 all: $(BIN) check-ldd
 
-$(BIN): $(OBJS)
-	$(CC) $(LDFLAGS) -o $@ $(OBJS) $(LIBS)
+$(BIN): $(OBJS) $(EV_O)
+	$(CC) $(LDFLAGS) -o $@ $(OBJS) $(EV_O) $(LIBS)
 
-# The TLS library must be BoringSSL, never the system's OpenSSL 3.
+$(EV_O): $(LIBEV_A) | $(B)
+	cd $(B) && ar x $(LIBEV_A) ev.o && touch ev.o
+
+# The TLS library must be BoringSSL, never the system's OpenSSL 3 (which
+# libldns, libgetdns and others would pull in); libev only as ev.o.
 check-ldd: $(BIN)
 	@if ldd $(BIN) | grep -Eq 'lib(ssl|crypto)\.so\.3'; then \
 		echo "$(BIN) links OpenSSL 3; it must link BoringSSL only" >&2; exit 1; fi
+	@if ldd $(BIN) | grep -q 'libev\.so'; then \
+		echo "$(BIN) links libev.so; it must link libev's ev.o only" >&2; exit 1; fi
 
 $(B)/%.o: shim/%.c | $(B)
 	$(CC) $(CFLAGS) $(SSL_CFLAGS) -MMD -MP -c -o $@ $<
@@ -52,6 +67,10 @@ $(B):
 # Unit tests link only the pure modules (no TLS library, no libev).
 $(B)/unit/%: tests/unit/%.c tests/unit/unit.h $(addprefix $(B)/,$(addsuffix .o,$(PURE))) | $(B)
 	$(CC) $(CFLAGS) $(LDFLAGS) -Ishim -o $@ $< $(addprefix $(B)/,$(addsuffix .o,$(PURE)))
+
+$(DNSPROBE): tests/dnstest/dnsprobe.c $(B)/dns.o $(B)/config.o $(B)/log.o $(EV_O) | $(B)
+	$(CC) $(CFLAGS) $(LDFLAGS) -Ishim -o $@ $< $(B)/dns.o $(B)/config.o \
+		$(B)/log.o $(EV_O) $(DNS_LIBS)
 
 # libFuzzer targets: the pure modules built with clang's fuzzer runtime.
 FUZZ_TIME ?= 60
@@ -84,7 +103,7 @@ test: deps
 	@$(MAKE) --no-print-directory SAN= $(addprefix $(FZ)/fuzz_,$(FUZZERS))
 	@SAN_FULL=$(SAN) sh tests/suite.sh
 
-units: $(UNIT)
+units: $(UNIT) $(DNSPROBE)
 
 clean:
 	rm -rf build mailshim

@@ -8,10 +8,11 @@ set -eu
 # test, `make run` or `make bench` uses is named here, including the ones a
 # named package only recommends: swaks does TLS only with
 # libnet-ssleay-perl and IPv6 only with libio-socket-inet6-perl.
-build="gcc make libc6-dev android-libboringssl-dev libev-dev clang libclang-rt-14-dev"
+build="gcc make libc6-dev android-libboringssl-dev libev-dev libunbound-dev dns-root-data
+ clang libclang-rt-14-dev"
 peers="openssl ca-certificates swaks libnet-ssleay-perl perl-openssl-defaults libio-socket-inet6-perl
  postfix python3 python3-aiosmtpd python3-pytest python3-pytest-xdist
- testssl.sh valgrind procps iproute2 util-linux haproxy"
+ testssl.sh valgrind procps iproute2 util-linux haproxy ldnsutils nsd python3-cryptography"
 # test_packaging.py: man pages rendered by man-db (groff-base does the
 # rendering), the unit checked by systemd-analyze (package systemd), the
 # manifests linted by yamllint and read by python3-yaml, readelf (binutils).
@@ -46,10 +47,10 @@ apt-get update
 # shellcheck disable=SC2086 # word splitting of the package list is wanted
 apt-get install -y --no-install-recommends $missing
 
-# A package may have started a system service (Postfix; the bench's
+# A package may have started a system service (Postfix, nsd; the bench's
 # stunnel4, hitch, haproxy). Tests and benchmarks start private instances
 # only: never leave one of these running or enabled.
-for svc in postfix stunnel4 hitch haproxy; do
+for svc in postfix nsd stunnel4 hitch haproxy; do
 	case " $missing " in
 	*" $svc "*) ;;
 	*) continue ;;
@@ -60,6 +61,10 @@ for svc in postfix stunnel4 hitch haproxy; do
 	elif [ -x "/etc/init.d/$svc" ]; then
 		"/etc/init.d/$svc" stop >/dev/null 2>&1 || :
 		update-rc.d "$svc" disable >/dev/null 2>&1 || :
+	elif command -v systemctl >/dev/null 2>&1; then
+		# systemd installed but not running (a container): nsd ships
+		# no init script, only a unit; keep it from starting at boot.
+		systemctl disable "$svc" >/dev/null 2>&1 || :
 	fi
 done
 exit 0
