@@ -80,7 +80,8 @@ static int servername_cb(SSL *ssl, int *alert, void *arg)
 		return SSL_TLSEXT_ERR_OK;
 	for (i = 1; i < t->nlisten; i++) {
 		X509 *x = SSL_CTX_get0_certificate(t->listen[i]);
-		if (x != NULL && X509_check_host(x, name, strlen(name), 0, NULL) == 1) {
+		if (x != NULL && X509_check_host(x, name, strlen(name),
+		    X509_CHECK_FLAG_NEVER_CHECK_SUBJECT, NULL) == 1) {
 			SSL_set_SSL_CTX(ssl, t->listen[i]);
 			break;
 		}
@@ -168,7 +169,10 @@ static SSL_CTX *upstream_ctx(struct svc_tls *t, const struct service *svc,
 			goto err;
 		}
 		param = SSL_CTX_get0_param(ctx);
-		X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+		/* RFC 9525 6.3: names come from subjectAltName only; a
+		 * certificate whose only name is its subject CN matches none. */
+		X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS |
+		    X509_CHECK_FLAG_NEVER_CHECK_SUBJECT);
 		if ((is_ip(svc->upstream_name) ?
 		    X509_VERIFY_PARAM_set1_ip_asc(param, svc->upstream_name) :
 		    X509_VERIFY_PARAM_set1_host(param, svc->upstream_name, strlen(svc->upstream_name))) != 1) {
