@@ -112,12 +112,15 @@ static struct generation *generation_load(const char *dir, FILE *err)
 		sv->gen = g;
 		sv->ehlo_len = (uint16_t)snprintf(sv->ehlo, sizeof(sv->ehlo), "EHLO %s\r\n", helo);
 		g->nsvcs++;
-		if (resolve_upstream(sv, msg, sizeof(msg)) < 0 ||
-		    tls_init(&sv->tls, sv->svc, msg, sizeof(msg)) < 0) {
-			fprintf(err, "%s:%d: service '%s': %s\n", sv->svc->file,
-			    sv->svc->line, sv->svc->name, msg);
+		if (resolve_upstream(sv, msg, sizeof(msg)) < 0) {
+			const char *file;
+			int line;
+			config_key_where(g->cfg, sv->svc, "upstream", 0, &file, &line);
+			fprintf(err, "%s:%d: %s\n", file, line, msg);
 			bad = 1;
 		}
+		if (tls_init(&sv->tls, g->cfg, sv->svc, err) < 0)
+			bad = 1;
 	}
 	if (bad) {
 		generation_free(g);
