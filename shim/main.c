@@ -44,7 +44,8 @@
 #define MAX_WORKERS 64
 #define FD_MARGIN 32                  /* stdio, listeners, event loop, syslog */
 #define TICKET_ROTATE (12 * 3600)     /* a new session ticket key this often */
-#define SIG_RETIRE SIGUSR1            /* supervisor to old worker: drain, exit */
+#define SIG_RETIRE SIGUSR1            /* supervisor to worker: drain, exit */
+#define SIG_CLOSE SIGUSR2             /* supervisor to worker: close all, exit */
 
 struct runtime {
 	struct generation *gen;       /* the configuration in force */
@@ -344,9 +345,8 @@ static void check_nofile(const struct config *cfg)
 
 struct worker_ctx {
 	struct worker w;
-	ev_signal sigterm, sigint, retire;
+	ev_signal sigterm, sigint, retire, close;
 	ev_timer grace;
-	unsigned terms;              /* SIGTERM/SIGINT seen */
 };
 
 static void worker_done(struct worker *w)
@@ -384,25 +384,26 @@ static void drain(struct worker_ctx *ctx, const char *why)
 	ev_timer_start(w->loop, &ctx->grace);
 }
 
+/*
+ * SIGTERM and SIGINT may come twice, from the supervisor and straight to
+ * the process group (systemd, a terminal): here they only drain. Closing
+ * the live sessions is the supervisor's word (SIG_CLOSE), given on its
+ * second SIGTERM or SIGINT.
+ */
 static void stop_cb(struct ev_loop *loop, ev_signal *s, int revents)
+{
+	(void)loop;
+	(void)revents;
+	drain(s->data, s->signum == SIG_RETIRE ? "a new configuration took over" : "stopping");
+}
+
+static void close_cb(struct ev_loop *loop, ev_signal *s, int revents)
 {
 	struct worker_ctx *ctx = s->data;
 
 	(void)revents;
-	/* A second SIGTERM or SIGINT closes the live sessions now. */
-	if (ctx->terms++ > 0) {
-		conn_close_all(&ctx->w);
-		ev_break(loop, EVBREAK_ALL);
-		return;
-	}
-	drain(ctx, "stopping");
-}
-
-static void retire_cb(struct ev_loop *loop, ev_signal *s, int revents)
-{
-	(void)loop;
-	(void)revents;
-	drain(s->data, "a new configuration took over");
+	conn_close_all(&ctx->w);
+	ev_break(loop, EVBREAK_ALL);
 }
 
 /*
@@ -447,11 +448,13 @@ static int run_worker(struct runtime *rt, unsigned idx, const sigset_t *mask)
 	listener_start(&rt->sets[idx], w);
 	ev_signal_init(&ctx.sigterm, stop_cb, SIGTERM);
 	ev_signal_init(&ctx.sigint, stop_cb, SIGINT);
-	ev_signal_init(&ctx.retire, retire_cb, SIG_RETIRE);
-	ctx.sigterm.data = ctx.sigint.data = ctx.retire.data = &ctx;
+	ev_signal_init(&ctx.retire, stop_cb, SIG_RETIRE);
+	ev_signal_init(&ctx.close, close_cb, SIG_CLOSE);
+	ctx.sigterm.data = ctx.sigint.data = ctx.retire.data = ctx.close.data = &ctx;
 	ev_signal_start(w->loop, &ctx.sigterm);
 	ev_signal_start(w->loop, &ctx.sigint);
 	ev_signal_start(w->loop, &ctx.retire);
+	ev_signal_start(w->loop, &ctx.close);
 	sigprocmask(SIG_SETMASK, mask, NULL);
 	ev_run(w->loop, 0);
 	conn_close_all(w);
@@ -472,6 +475,7 @@ struct super {
 	pid_t *old;                   /* retired workers still finishing */
 	size_t nold, capold;
 	sigset_t set, mask;           /* the signals waited for; the mask before */
+	unsigned stops;               /* SIGTERM/SIGINT received */
 	bool stopping;
 };
 
@@ -576,6 +580,19 @@ static void reload(struct super *sv)
 	    g->nsvcs, rt->nworkers);
 }
 
+/* Stopping: the supervisor's copies go too, so new clients are refused
+ * at once rather than left in a backlog nobody accepts from. */
+static void close_listeners(struct runtime *rt)
+{
+	size_t k, i;
+
+	for (k = 0; k < rt->nworkers; k++)
+		for (i = 0; i < rt->sets[k].n; i++) {
+			close(rt->sets[k].l[i].fd);
+			rt->sets[k].l[i].fd = -1;
+		}
+}
+
 static void signal_all(struct super *sv, int sig)
 {
 	size_t i;
@@ -639,6 +656,7 @@ static int supervise(struct runtime *rt)
 	sigaddset(&sv.set, SIGHUP);
 	sigaddset(&sv.set, SIGCHLD);
 	sigaddset(&sv.set, SIG_RETIRE);
+	sigaddset(&sv.set, SIG_CLOSE);
 	sigprocmask(SIG_BLOCK, &sv.set, &sv.mask);
 	for (i = 0; i < rt->nworkers; i++) {
 		sv.pids[i] = spawn(&sv, i);
@@ -649,9 +667,11 @@ static int supervise(struct runtime *rt)
 		int sig = sigtimedwait(&sv.set, NULL, &ts);
 
 		if (sig == SIGTERM || sig == SIGINT) {
-			/* Forwarded each time: a second one closes live sessions. */
+			/* The first drains, a second closes the live sessions. */
+			signal_all(&sv, sv.stops++ == 0 ? SIG_RETIRE : SIG_CLOSE);
+			if (!sv.stopping)
+				close_listeners(rt);
 			sv.stopping = true;
-			signal_all(&sv, sig);
 		} else if (sig == SIGHUP && !sv.stopping) {
 			reload(&sv);
 		}
