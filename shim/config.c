@@ -1159,6 +1159,27 @@ static void check_listen_unique(struct ctx *c, const struct config *cfg)
 	}
 }
 
+/* tls_min_version is only a default: refuse it when no hop takes it. */
+static void check_tls_default(struct ctx *c, const struct config *cfg,
+    const struct priv *p)
+{
+	int line = p->gsrc.line[K_TLS_MIN_VERSION];
+
+	if (!line || p->gsrc.bad[K_TLS_MIN_VERSION])
+		return;
+	for (size_t i = 0; i < cfg->nservices; i++) {
+		const struct service *s = &cfg->services[i];
+		const struct src *src = &p->ssrc[i];
+
+		if ((s->listen_tls != MODE_PLAIN && !src->line[K_LISTEN_MIN_VERSION]) ||
+		    (s->upstream_tls != MODE_PLAIN && !src->line[K_UPSTREAM_MIN_VERSION]))
+			return;
+	}
+	c->file = p->gfile;
+	report(c, line, "%s is set but no TLS hop takes it (every hop is %s or "
+	    "sets its own minimum)", NAME(K_TLS_MIN_VERSION), w_mode[MODE_PLAIN]);
+}
+
 int config_finish(struct config *cfg, const char *where, FILE *err)
 {
 	struct priv *p = priv_of(cfg);
@@ -1170,6 +1191,8 @@ int config_finish(struct config *cfg, const char *where, FILE *err)
 	for (size_t i = 0; i < cfg->nservices; i++)
 		finish_service(&c, cfg, i);
 	check_listen_unique(&c, cfg);
+	if (cfg->nservices)
+		check_tls_default(&c, cfg, p);
 	c.file = where;
 	if (cfg->nservices == 0)
 		report(&c, 0, "no service defined");

@@ -47,6 +47,8 @@
 #define SIG_RETIRE SIGUSR1            /* supervisor to worker: drain, exit */
 #define SIG_CLOSE SIGUSR2             /* supervisor to worker: close all, exit */
 
+static bool serving;                  /* not -t: the load will be run */
+
 struct runtime {
 	struct generation *gen;       /* the configuration in force */
 	struct listen_set *sets;      /* one per worker slot */
@@ -133,12 +135,19 @@ static struct generation *generation_load(const char *dir, FILE *err)
 			bad = 1;
 	}
 	/* Checked here, not first in a worker that could only die of it. */
-	if (g->cfg->user != NULL && getpwnam(g->cfg->user) == NULL) {
+	if (g->cfg->user != NULL) {
+		struct passwd *pw = getpwnam(g->cfg->user);
 		const char *file;
 		int line;
 		config_key_where(g->cfg, NULL, "user", 0, &file, &line);
-		fprintf(err, "%s:%d: user %s does not exist\n", file, line, g->cfg->user);
-		bad = 1;
+		if (pw == NULL) {
+			fprintf(err, "%s:%d: user %s does not exist\n", file, line, g->cfg->user);
+			bad = 1;
+		} else if (serving && geteuid() != 0 && pw->pw_uid != geteuid()) {
+			fprintf(err, "%s:%d: user %s: mailshim is not root, it cannot become "
+			    "another user\n", file, line, g->cfg->user);
+			bad = 1;
+		}
 	}
 	if (bad) {
 		generation_free(g);
@@ -725,6 +734,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
+	serving = !check;
 	/* Before the first context, so every context of every load uses them. */
 	if (!check && tls_tickets_init() < 0) {
 		fprintf(stderr, "cannot make the session ticket keys: %s\n", strerror(errno));

@@ -212,3 +212,15 @@ def test_ignored_check_also_refuses_a_reload_at_start(workdir, pki):
                        timeout=10)
     assert r.returncode == 1
     assert re.search(r"test\.conf:7: upstream_pin is set but", r.stderr), r.stderr
+
+
+def test_global_tls_min_version_no_hop_takes(workdir):
+    r, _ = check(workdir, "[global]\nworkers = 1\ntls_min_version = TLSv1.3\n\n"
+                          "[s]\nlisten = 127.0.0.1:20001\nupstream = 127.0.0.1:20002\n")
+    assert_refused(r, 3, "tls_min_version is set but no TLS hop takes it")
+
+
+def test_unknown_user(workdir):
+    r, _ = check(workdir, "[global]\nworkers = 1\nuser = no-such-user-here\n\n"
+                          "[s]\nlisten = 127.0.0.1:20001\nupstream = 127.0.0.1:20002\n")
+    assert_refused(r, 3, "does not exist")

@@ -138,7 +138,7 @@ static void test_all_keys(void)
 	struct config *cfg = parse(
 	    "[global]\nworkers = 4\nuser = mailshim\nhelo_name = mx.example\n"
 	    "log = syslog\nlog_level = debug\nmax_connections = 1000000\n"
-	    "tls_min_version = TLSv1.3\n"
+	    "tls_min_version = TLSv1.2\n"
 	    "[sub]\nlisten = [::]:587\nlisten_tls = starttls\n"
 	    "listen_cert = /c.pem\nlisten_key = /c.key\n"
 	    "listen_plain_from = 127.0.0.0/8 ::1\nlisten_client_ca = /ca.pem\n"
@@ -148,7 +148,6 @@ static void test_all_keys(void)
 	    "upstream_name = legacy.internal\nupstream_ca = /u.pem\n"
 	    "upstream_pin = " PIN "\nupstream_cert = /uc.pem\n"
 	    "upstream_key = /uc.key\nupstream_ciphers = AES256\n"
-	    "upstream_min_version = TLSv1.2\n"
 	    "upstream_proxy_protocol = no\nupstream_xclient = no\n"
 	    "timeout_connect = 500ms\ntimeout_handshake = 5m\ntimeout_idle = 1h\n");
 	struct service *s;
@@ -163,7 +162,7 @@ static void test_all_keys(void)
 	CHECK_EQ(cfg->log, LOG_SYSLOG);
 	CHECK_EQ(cfg->log_level, LEVEL_DEBUG);
 	CHECK_EQ(cfg->max_connections, 1000000);
-	CHECK_EQ(cfg->tls_min_version, CONFIG_TLS13);
+	CHECK_EQ(cfg->tls_min_version, CONFIG_TLS12);
 	s = &cfg->services[0];
 	CHECK_EQ(s->line, 9);
 	memcpy(&s6, &s->listen[0].ss, sizeof s6);
@@ -900,6 +899,12 @@ static void test_ignored(void)
 	config_free(cfg);
 	cfg = service_tls_kv("upstream_verify = encrypt\nupstream_pin = " PIN);
 	CHECK(cfg != NULL);
+	config_free(cfg);
+	/* A global default no hop takes is refused too. */
+	expect_error("[global]\ntls_min_version = TLSv1.3\n" SVC,
+	    "t.conf:2: tls_min_version is set but no TLS hop takes it");
+	cfg = parse("[global]\ntls_min_version = TLSv1.3\n" SVC "upstream_tls = starttls\n");
+	CHECK(cfg && cfg->services[0].upstream_min_version == CONFIG_TLS13);
 	config_free(cfg);
 	/* A bad mode is reported once, not again as "ignored". */
 	expect_error(SVC "upstream_tls = tls\nupstream_ca = /ca\n",
