@@ -1277,9 +1277,12 @@ static int load_file(struct config *cfg, const char *dir, const char *name,
 		return 1;
 	}
 	c.file = path;
-	/* stat first: opening a FIFO named x.conf would block. */
-	if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+	/* stat first: opening a FIFO named x.conf would block. A directory
+	 * is passed over; a FIFO or a device is refused, not ignored. */
+	if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
 		n = 0;
+	else if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+		report(&c, 0, "not a regular file");
 	else if ((text = slurp(path, &len)))
 		n = config_parse(cfg, path, text, len, err);
 	else

@@ -803,6 +803,15 @@ static void test_load(void)
 	}
 	config_free(cfg);
 
+	/* A FIFO is refused, and never opened (that would block). */
+	snprintf(path, sizeof path, "%s/15-fifo.conf", dir);
+	CHECK_EQ(mkfifo(path, 0600), 0);
+	cfg = load(dir);
+	CHECK(cfg == NULL);
+	snprintf(want, sizeof want, "%s: not a regular file\n", path);
+	CHECK_STR(errs, want);
+	unlink(path);
+
 	put(dir, "30-bad.conf", "[beta]\nlisten = 127.0.0.1:25\nupstream = b:25\n"
 	    "listn = 1\n");
 	cfg = load(dir);
