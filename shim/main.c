@@ -335,19 +335,27 @@ static void raise_nofile(const struct config *cfg)
 }
 
 /* -t: a warning, not an error (the limit at run time may differ). */
-static void check_nofile(const struct config *cfg)
+static void check_nofile(const struct config *cfg, const char *dir)
 {
 	struct rlimit rl;
 	const char *file;
+	char where[1100];
 	int line;
+	bool set;
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_max == RLIM_INFINITY ||
 	    sessions_for(rl.rlim_max) >= cfg->max_connections)
 		return;
-	config_key_where(cfg, NULL, "max_connections", 0, &file, &line);
-	fprintf(stderr, "%s:%d: warning: max_connections = %u cannot be met: the hard "
-	    "limit of %llu file descriptors allows %llu sessions per worker\n", file, line,
-	    cfg->max_connections, (unsigned long long)rl.rlim_max, sessions_for(rl.rlim_max));
+	/* A default stands on no line: the message names the directory. */
+	set = config_key_where(cfg, NULL, "max_connections", 0, &file, &line);
+	if (set)
+		snprintf(where, sizeof(where), "%s:%d", file, line);
+	else
+		snprintf(where, sizeof(where), "%s", dir);
+	fprintf(stderr, "%s: warning: max_connections = %u%s cannot be met: the hard "
+	    "limit of %llu file descriptors allows %llu sessions per worker\n", where,
+	    cfg->max_connections, set ? "" : " (the default)",
+	    (unsigned long long)rl.rlim_max, sessions_for(rl.rlim_max));
 }
 
 /* ---- a worker: one event loop on one generation ---- */
@@ -746,7 +754,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (check) {
-		check_nofile(rt.gen->cfg);
+		check_nofile(rt.gen->cfg, rt.dir);
 		printf("%s: configuration OK (%zu services)\n", rt.dir, rt.gen->nsvcs);
 		runtime_free(&rt);
 		return 0;
