@@ -692,6 +692,7 @@ static bool set_cert(struct ctx *c, const struct key *k, struct sect *sc,
 	if (!arr)
 		return false;
 	s->certs = arr;
+	arr[s->ncerts].cert_line = arr[s->ncerts].key_line = c->line;
 	return (arr[s->ncerts++].cert = sdup(c, v, strlen(v))) != NULL;
 }
 
@@ -711,6 +712,7 @@ static bool set_key(struct ctx *c, const struct key *k, struct sect *sc,
 		    k->name, NAME(K_LISTEN_CERT));
 		return false;
 	}
+	last->key_line = c->line;
 	return (last->key = sdup(c, v, strlen(v))) != NULL;
 }
 
@@ -935,9 +937,10 @@ static void assignment(struct parser *ps, const char *s, size_t n)
 	if ((k = check_key(ps, s, kn)) < 0)
 		return;
 	ps->cur.src->line[k] = ps->c.line;
-	if (vn == 0)
+	if (vn == 0) {
 		report(&ps->c, ps->c.line, "empty value for key '%s'", NAME(k));
-	else if ((val = sdup(&ps->c, v, vn))) {
+		ps->cur.src->bad[k] = true;
+	} else if ((val = sdup(&ps->c, v, vn))) {
 		if (!setters[keys[k].type](&ps->c, &keys[k], &ps->cur, val))
 			ps->cur.src->bad[k] = true;
 		free(val);
@@ -1058,9 +1061,6 @@ static void finish_listen(struct ctx *c, struct service *s, struct src *src,
 		if (s->certs[i].cert && !s->certs[i].key)
 			s->certs[i].key = sdup(c, s->certs[i].cert,
 			    strlen(s->certs[i].cert));
-	if (tls_known && s->listen_tls == MODE_PLAIN && s->ncerts)
-		report(c, src->line[K_LISTEN_CERT], "%s is set but %s = %s",
-		    NAME(K_LISTEN_CERT), NAME(K_LISTEN_TLS), w_mode[MODE_PLAIN]);
 	if (tls_known && s->listen_tls != MODE_PLAIN && !s->ncerts)
 		report(c, line_or_header(s, src, K_LISTEN_TLS), "%s = %s needs %s",
 		    NAME(K_LISTEN_TLS), config_mode_name(s->listen_tls),
@@ -1092,6 +1092,65 @@ static void finish_upstream(struct ctx *c, struct service *s, struct src *src,
 		s->upstream_min_version = tls_min;
 }
 
+/*
+ * Keys the chosen mode would ignore. A security setting that silently does
+ * nothing is worse than an error: the reader of the file believes it holds.
+ * A row refuses `key` when `mode` (explicitly set or defaulted) holds the
+ * word `is`; keys left at their defaults are never refused.
+ */
+static const struct { enum kid key, mode; int is; const char *why; } ignored[] = {
+	{ K_LISTEN_CERT, K_LISTEN_TLS, MODE_PLAIN, NULL },
+	{ K_LISTEN_KEY, K_LISTEN_TLS, MODE_PLAIN, NULL },
+	{ K_LISTEN_CLIENT_CA, K_LISTEN_TLS, MODE_PLAIN, NULL },
+	{ K_LISTEN_PLAIN_FROM, K_LISTEN_TLS, MODE_PLAIN, "a plain listener lets everyone send without TLS" },
+	{ K_LISTEN_PLAIN_FROM, K_LISTEN_TLS, MODE_IMPLICIT, "an implicit listener has no plaintext phase" },
+	{ K_LISTEN_CIPHERS, K_LISTEN_TLS, MODE_PLAIN, NULL },
+	{ K_LISTEN_MIN_VERSION, K_LISTEN_TLS, MODE_PLAIN, NULL },
+	{ K_UPSTREAM_VERIFY, K_UPSTREAM_TLS, MODE_PLAIN, NULL },
+	{ K_UPSTREAM_NAME, K_UPSTREAM_TLS, MODE_PLAIN, NULL },
+	{ K_UPSTREAM_CA, K_UPSTREAM_TLS, MODE_PLAIN, NULL },
+	{ K_UPSTREAM_PIN, K_UPSTREAM_TLS, MODE_PLAIN, NULL },
+	{ K_UPSTREAM_CERT, K_UPSTREAM_TLS, MODE_PLAIN, NULL },
+	{ K_UPSTREAM_KEY, K_UPSTREAM_TLS, MODE_PLAIN, NULL },
+	{ K_UPSTREAM_CIPHERS, K_UPSTREAM_TLS, MODE_PLAIN, NULL },
+	{ K_UPSTREAM_MIN_VERSION, K_UPSTREAM_TLS, MODE_PLAIN, NULL },
+	{ K_UPSTREAM_CA, K_UPSTREAM_VERIFY, VERIFY_ENCRYPT, "no certificate is checked" },
+	{ K_UPSTREAM_NAME, K_UPSTREAM_VERIFY, VERIFY_ENCRYPT, "no name is checked" },
+	{ K_LISTEN_CIPHERS, K_LISTEN_MIN_VERSION, CONFIG_TLS13, "the list is of TLS 1.2 suites" },
+	{ K_UPSTREAM_CIPHERS, K_UPSTREAM_MIN_VERSION, CONFIG_TLS13, "the list is of TLS 1.2 suites" },
+};
+
+static void check_ignored(struct ctx *c, const struct service *s,
+    const struct src *src)
+{
+	for (size_t i = 0; i < sizeof ignored / sizeof ignored[0]; i++) {
+		const struct key *k = &keys[ignored[i].key], *m = &keys[ignored[i].mode];
+		int v, line = src->line[ignored[i].key];
+
+		if (!line || src->bad[ignored[i].mode] || src->bad[ignored[i].key])
+			continue;
+		memcpy(&v, (const char *)s + m->off, sizeof v);
+		if (v != ignored[i].is)
+			continue;
+		/* One message per key: the first row that refuses it. */
+		bool seen = false;
+		for (size_t j = 0; j < i && !seen; j++) {
+			int vj;
+
+			memcpy(&vj, (const char *)s + keys[ignored[j].mode].off, sizeof vj);
+			seen = ignored[j].key == ignored[i].key && vj == ignored[j].is &&
+			    !src->bad[ignored[j].mode];
+		}
+		if (seen)
+			continue;
+		report(c, line, "%s is set but %s = %s%s%s%s", k->name, m->name,
+		    m->type == T_VERSION ? m->words[ignored[i].is - CONFIG_TLS12] :
+		    m->words[ignored[i].is],
+		    src->line[ignored[i].mode] ? "" : " (by default)",
+		    ignored[i].why ? ": " : "", ignored[i].why ? ignored[i].why : "");
+	}
+}
+
 static void finish_service(struct ctx *c, struct config *cfg, size_t i)
 {
 	struct service *s = &cfg->services[i];
@@ -1107,6 +1166,7 @@ static void finish_service(struct ctx *c, struct config *cfg, size_t i)
 			    s->name, NAME(k));
 	finish_listen(c, s, src, cfg->tls_min_version);
 	finish_upstream(c, s, src, cfg->tls_min_version);
+	check_ignored(c, s, src);
 	check_unbuilt(c, &sc);
 }
 
@@ -1138,6 +1198,27 @@ static void check_listen_unique(struct ctx *c, const struct config *cfg)
 	}
 }
 
+/* tls_min_version is only a default: refuse it when no hop takes it. */
+static void check_tls_default(struct ctx *c, const struct config *cfg,
+    const struct priv *p)
+{
+	int line = p->gsrc.line[K_TLS_MIN_VERSION];
+
+	if (!line || p->gsrc.bad[K_TLS_MIN_VERSION])
+		return;
+	for (size_t i = 0; i < cfg->nservices; i++) {
+		const struct service *s = &cfg->services[i];
+		const struct src *src = &p->ssrc[i];
+
+		if ((s->listen_tls != MODE_PLAIN && !src->line[K_LISTEN_MIN_VERSION]) ||
+		    (s->upstream_tls != MODE_PLAIN && !src->line[K_UPSTREAM_MIN_VERSION]))
+			return;
+	}
+	c->file = p->gfile;
+	report(c, line, "%s is set but no TLS hop takes it (every hop is %s or "
+	    "sets its own minimum)", NAME(K_TLS_MIN_VERSION), w_mode[MODE_PLAIN]);
+}
+
 int config_finish(struct config *cfg, const char *where, FILE *err)
 {
 	struct priv *p = priv_of(cfg);
@@ -1149,6 +1230,8 @@ int config_finish(struct config *cfg, const char *where, FILE *err)
 	for (size_t i = 0; i < cfg->nservices; i++)
 		finish_service(&c, cfg, i);
 	check_listen_unique(&c, cfg);
+	if (cfg->nservices)
+		check_tls_default(&c, cfg, p);
 	c.file = where;
 	if (cfg->nservices == 0)
 		report(&c, 0, "no service defined");
@@ -1233,9 +1316,12 @@ static int load_file(struct config *cfg, const char *dir, const char *name,
 		return 1;
 	}
 	c.file = path;
-	/* stat first: opening a FIFO named x.conf would block. */
-	if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+	/* stat first: opening a FIFO named x.conf would block. A directory
+	 * is passed over; a FIFO or a device is refused, not ignored. */
+	if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
 		n = 0;
+	else if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+		report(&c, 0, "not a regular file");
 	else if ((text = slurp(path, &len)))
 		n = config_parse(cfg, path, text, len, err);
 	else
@@ -1272,6 +1358,37 @@ struct config *config_load(const char *dir, FILE *err)
 		return cfg;
 	config_free(cfg);
 	return NULL;
+}
+
+bool config_key_where(const struct config *cfg, const struct service *svc,
+    const char *key, size_t index, const char **file, int *line)
+{
+	const struct priv *p = (const struct priv *)(const void *)cfg;
+	int k = find_key(key, strlen(key));
+	const struct src *src;
+	size_t si;
+
+	*file = p->gfile ? p->gfile : "[global]";
+	*line = p->gline;
+	if (k < 0)
+		return false;
+	if (!svc) {
+		*line = p->gsrc.line[k] ? p->gsrc.line[k] : p->gline;
+		return p->gsrc.line[k] != 0;
+	}
+	si = (size_t)(svc - cfg->services);
+	if (si >= cfg->nservices)
+		return false;
+	src = &p->ssrc[si];
+	*file = svc->file;
+	*line = src->line[k];
+	if ((k == K_LISTEN_CERT || k == K_LISTEN_KEY) && index < svc->ncerts)
+		*line = k == K_LISTEN_CERT ? svc->certs[index].cert_line :
+		    svc->certs[index].key_line;
+	if (*line)
+		return true;
+	*line = svc->line;
+	return false;
 }
 
 const char *config_mode_name(enum hop_mode m)

@@ -45,6 +45,8 @@ struct sockaddr_text {
 struct certkey {
 	char *cert;           /* PEM chain file */
 	char *key;            /* PEM key file; same as cert when not given */
+	int cert_line;        /* where each was set, in the service's file */
+	int key_line;         /* (the cert's line when key was not given) */
 };
 
 struct service {
@@ -125,6 +127,15 @@ int config_finish(struct config *cfg, const char *where, FILE *err);
 
 /* Free everything; NULL is a no-op. */
 void config_free(struct config *cfg);
+
+/*
+ * Where a key was set, for messages: the file and line of svc's key (NULL
+ * svc: a [global] key; index picks one listen_cert/listen_key pair).
+ * Returns false when the key took its default; file and line then name
+ * the section header.
+ */
+bool config_key_where(const struct config *cfg, const struct service *svc,
+    const char *key, size_t index, const char **file, int *line);
 
 /* Name of a mode / level, as written in the configuration. */
 const char *config_mode_name(enum hop_mode m);

@@ -45,9 +45,9 @@ struct listen_set;
 
 /*
  * One configuration load: the parsed configuration and the services built
- * from it (TLS contexts included). A reload makes a new generation; each
- * session keeps the one it started with, and an old generation is freed
- * when its last session ends.
+ * from it (TLS contexts included). The supervisor builds each generation
+ * and forks its workers on it; a worker serves that one generation all
+ * its life (a reload starts new workers), so it is never retired there.
  */
 struct generation {
 	struct config *cfg;
@@ -63,7 +63,7 @@ void generation_free(struct generation *g);
 /* One worker process: one event loop and the sessions it runs. */
 struct worker {
 	struct ev_loop *loop;
-	const struct config *cfg;          /* the load in force (reload swaps it) */
+	const struct config *cfg;          /* the worker's one generation */
 	uint32_t nconns;                   /* live sessions */
 	uint32_t next_id;
 	struct conn *live;                 /* every session, for shutdown */

@@ -1,17 +1,22 @@
 /*
- * main: command line, configuration load, listeners, privilege drop,
- * workers and signals. The only place that exits.
+ * main: command line, configuration load, listeners, workers and signals.
+ * The only place that exits.
  *
- * With one worker the process runs its event loop itself. With several,
- * it binds a copy of every listener per worker (SO_REUSEPORT), forks the
- * workers and stays as a small supervisor: it passes SIGTERM/SIGINT/SIGHUP
- * on and restarts a worker that died, each worker keeping its own sockets.
+ * One supervisor, whatever the number of workers. It keeps the privileges
+ * it started with (root can read root-only keys), binds a copy of every
+ * listener per worker slot (SO_REUSEPORT), and loads and builds each
+ * configuration generation itself: parsed files, resolved upstreams, TLS
+ * contexts. Workers are forked from it with one generation and never load
+ * anything; they drop to `user` and serve.
  *
- * SIGHUP reloads: each process loads the configuration and certificates
- * anew and switches to them only if everything loaded; live sessions keep
- * the load they started with until they end. The listening sockets stay
- * (binding may have needed root), so a change of listen addresses is
- * refused and needs a restart.
+ * SIGHUP: the supervisor loads a new generation. If, and only if, all of
+ * it is good, it forks a fresh worker per slot on it (they inherit the
+ * same listening sockets, so no client is turned away meanwhile) and tells
+ * the old workers to stop accepting and finish their sessions, for at most
+ * their shutdown_grace. Every worker serves the same generation, or the
+ * reload changes nothing and says why in the log. Workers ignore SIGHUP
+ * from before they are forked. The listening sockets stay, so a change of
+ * listen addresses (or of workers) needs a restart.
  */
 #include <errno.h>
 #include <grp.h>
@@ -21,6 +26,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -35,11 +42,16 @@
 
 #define DEFAULT_DIR "/etc/mailshim/conf.d"
 #define MAX_WORKERS 64
-#define GRACE_SECONDS 30.0    /* SIGTERM: how long live sessions may finish */
+#define FD_MARGIN 32                  /* stdio, listeners, event loop, syslog */
+#define TICKET_ROTATE (12 * 3600)     /* a new session ticket key this often */
+#define SIG_RETIRE SIGUSR1            /* supervisor to worker: drain, exit */
+#define SIG_CLOSE SIGUSR2             /* supervisor to worker: close all, exit */
+
+static bool serving;                  /* not -t: the load will be run */
 
 struct runtime {
 	struct generation *gen;       /* the configuration in force */
-	struct listen_set *sets;      /* one per worker */
+	struct listen_set *sets;      /* one per worker slot */
 	unsigned nworkers;
 	const char *dir;
 };
@@ -112,10 +124,28 @@ static struct generation *generation_load(const char *dir, FILE *err)
 		sv->gen = g;
 		sv->ehlo_len = (uint16_t)snprintf(sv->ehlo, sizeof(sv->ehlo), "EHLO %s\r\n", helo);
 		g->nsvcs++;
-		if (resolve_upstream(sv, msg, sizeof(msg)) < 0 ||
-		    tls_init(&sv->tls, sv->svc, msg, sizeof(msg)) < 0) {
-			fprintf(err, "%s:%d: service '%s': %s\n", sv->svc->file,
-			    sv->svc->line, sv->svc->name, msg);
+		if (resolve_upstream(sv, msg, sizeof(msg)) < 0) {
+			const char *file;
+			int line;
+			config_key_where(g->cfg, sv->svc, "upstream", 0, &file, &line);
+			fprintf(err, "%s:%d: %s\n", file, line, msg);
+			bad = 1;
+		}
+		if (tls_init(&sv->tls, g->cfg, sv->svc, err) < 0)
+			bad = 1;
+	}
+	/* Checked here, not first in a worker that could only die of it. */
+	if (g->cfg->user != NULL) {
+		struct passwd *pw = getpwnam(g->cfg->user);
+		const char *file;
+		int line;
+		config_key_where(g->cfg, NULL, "user", 0, &file, &line);
+		if (pw == NULL) {
+			fprintf(err, "%s:%d: user %s does not exist\n", file, line, g->cfg->user);
+			bad = 1;
+		} else if (serving && geteuid() != 0 && pw->pw_uid != geteuid()) {
+			fprintf(err, "%s:%d: user %s: mailshim is not root, it cannot become "
+			    "another user\n", file, line, g->cfg->user);
 			bad = 1;
 		}
 	}
@@ -194,39 +224,6 @@ static int remap_listeners(struct runtime *rt, struct generation *g)
 	return 0;
 }
 
-/* SIGHUP: a new load replaces the old one only if it is entirely good. */
-static int reload(struct runtime *rt)
-{
-	char *text = NULL, *line, *save = NULL;
-	size_t len = 0;
-	FILE *err = open_memstream(&text, &len);
-	struct generation *g, *old = rt->gen;
-
-	if (err == NULL)
-		return -1;
-	g = generation_load(rt->dir, err);
-	fclose(err);
-	for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
-		log_msg(LEVEL_ERROR, "reload: %s", line);
-	free(text);
-	if (g != NULL && remap_listeners(rt, g) < 0) {
-		log_msg(LEVEL_ERROR, "reload: the listen addresses changed; that needs a restart");
-		generation_free(g);
-		g = NULL;
-	}
-	if (g == NULL) {
-		log_msg(LEVEL_ERROR, "reload refused: the running configuration stays");
-		return -1;
-	}
-	rt->gen = g;
-	old->retired = true;
-	if (old->refs == 0)
-		generation_free(old);
-	log_setup(g->cfg->log, g->cfg->log_level);
-	log_msg(LEVEL_INFO, "configuration reloaded: %zu services", g->nsvcs);
-	return 0;
-}
-
 static unsigned worker_count(const struct config *cfg)
 {
 	long n = cfg->workers ? (long)cfg->workers : sysconf(_SC_NPROCESSORS_ONLN);
@@ -290,12 +287,82 @@ static int drop_privileges(const char *user)
 	return 0;
 }
 
-/* ---- one worker: one event loop ---- */
+/*
+ * Descriptors: a session holds two (client and upstream). A soft limit of
+ * 1024 (systemd's default) would stop a worker at about 500 sessions, so
+ * the soft limit goes up to the hard one, and the sessions it allows per
+ * worker are logged (or, for -t, compared with max_connections).
+ */
+static unsigned long long sessions_for(rlim_t fds)
+{
+	return fds > FD_MARGIN ? (unsigned long long)(fds - FD_MARGIN) / 2 : 0;
+}
+
+static void raise_nofile(const struct config *cfg)
+{
+	struct rlimit rl;
+	rlim_t want;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	want = rl.rlim_max;
+	if (want == RLIM_INFINITY) {
+		/* The kernel's own ceiling for a process (fs.nr_open). */
+		FILE *f = fopen("/proc/sys/fs/nr_open", "re");
+		unsigned long long n = 0;
+		if (f != NULL && fscanf(f, "%llu", &n) == 1 && n > 0)
+			want = (rlim_t)n;
+		else
+			want = 1048576;
+		if (f != NULL)
+			fclose(f);
+	}
+	if (rl.rlim_cur < want) {
+		struct rlimit nl = { want, rl.rlim_max };
+		if (setrlimit(RLIMIT_NOFILE, &nl) == 0)
+			rl.rlim_cur = want;
+		else
+			log_msg(LEVEL_WARN, "cannot raise the file descriptor limit from %llu to %llu: %s",
+			    (unsigned long long)rl.rlim_cur, (unsigned long long)want, strerror(errno));
+	}
+	log_msg(LEVEL_INFO, "file descriptor limit %llu: up to %llu sessions per worker "
+	    "(max_connections %u)", (unsigned long long)rl.rlim_cur,
+	    sessions_for(rl.rlim_cur), cfg->max_connections);
+	if (sessions_for(rl.rlim_cur) < cfg->max_connections)
+		log_msg(LEVEL_WARN, "max_connections = %u cannot be met: %llu file descriptors "
+		    "allow %llu sessions per worker", cfg->max_connections,
+		    (unsigned long long)rl.rlim_cur, sessions_for(rl.rlim_cur));
+}
+
+/* -t: a warning, not an error (the limit at run time may differ). */
+static void check_nofile(const struct config *cfg, const char *dir)
+{
+	struct rlimit rl;
+	const char *file;
+	char where[1100];
+	int line;
+	bool set;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_max == RLIM_INFINITY ||
+	    sessions_for(rl.rlim_max) >= cfg->max_connections)
+		return;
+	/* A default stands on no line: the message names the directory. */
+	set = config_key_where(cfg, NULL, "max_connections", 0, &file, &line);
+	if (set)
+		snprintf(where, sizeof(where), "%s:%d", file, line);
+	else
+		snprintf(where, sizeof(where), "%s", dir);
+	fprintf(stderr, "%s: warning: max_connections = %u%s cannot be met: the hard "
+	    "limit of %llu file descriptors allows %llu sessions per worker\n", where,
+	    cfg->max_connections, set ? "" : " (the default)",
+	    (unsigned long long)rl.rlim_max, sessions_for(rl.rlim_max));
+}
+
+/* ---- a worker: one event loop on one generation ---- */
 
 struct worker_ctx {
 	struct worker w;
-	struct runtime *rt;
-	ev_signal sigterm, sigint, sighup;
+	ev_signal sigterm, sigint, retire, close;
 	ev_timer grace;
 };
 
@@ -315,57 +382,63 @@ static void grace_cb(struct ev_loop *loop, ev_timer *t, int revents)
 	ev_break(loop, EVBREAK_ALL);
 }
 
-static void stop_cb(struct ev_loop *loop, ev_signal *s, int revents)
+/* Stop accepting at once; live sessions may finish within shutdown_grace. */
+static void drain(struct worker_ctx *ctx, const char *why)
 {
-	struct worker_ctx *ctx = s->data;
 	struct worker *w = &ctx->w;
 
-	(void)revents;
-	if (w->stopping) {
-		conn_close_all(w);
-		ev_break(loop, EVBREAK_ALL);
+	if (w->stopping)
 		return;
-	}
-	log_msg(LEVEL_INFO, "stopping: %u live sessions may finish", w->nconns);
+	log_msg(LEVEL_INFO, "%s: %u live sessions may finish", why, w->nconns);
 	w->stopping = true;
 	listener_stop(w->listeners);
 	w->on_conn_done = worker_done;
 	if (w->nconns == 0) {
-		ev_break(loop, EVBREAK_ALL);
+		ev_break(w->loop, EVBREAK_ALL);
 		return;
 	}
-	ev_timer_init(&ctx->grace, grace_cb, GRACE_SECONDS, 0.);
-	ev_timer_start(loop, &ctx->grace);
+	ev_timer_init(&ctx->grace, grace_cb, w->cfg->shutdown_grace_ms / 1000.0, 0.);
+	ev_timer_start(w->loop, &ctx->grace);
 }
 
-static void hup_cb(struct ev_loop *loop, ev_signal *s, int revents)
+/*
+ * SIGTERM and SIGINT may come twice, from the supervisor and straight to
+ * the process group (systemd, a terminal): here they only drain. Closing
+ * the live sessions is the supervisor's word (SIG_CLOSE), given on its
+ * second SIGTERM or SIGINT.
+ */
+static void stop_cb(struct ev_loop *loop, ev_signal *s, int revents)
+{
+	(void)loop;
+	(void)revents;
+	drain(s->data, s->signum == SIG_RETIRE ? "a new configuration took over" : "stopping");
+}
+
+static void close_cb(struct ev_loop *loop, ev_signal *s, int revents)
 {
 	struct worker_ctx *ctx = s->data;
 
-	(void)loop;
 	(void)revents;
-	if (!ctx->w.stopping && reload(ctx->rt) == 0)
-		ctx->w.cfg = ctx->rt->gen->cfg;
+	conn_close_all(&ctx->w);
+	ev_break(loop, EVBREAK_ALL);
 }
 
-static int run_worker(struct runtime *rt, unsigned idx)
+/*
+ * In the child, with every signal still blocked: the watchers start
+ * before the mask is restored, so no signal can find the worker without
+ * its handlers (SIGHUP is ignored altogether: reloads are the
+ * supervisor's).
+ */
+static int run_worker(struct runtime *rt, unsigned idx, const sigset_t *mask)
 {
 	struct worker_ctx ctx;
 	struct worker *w = &ctx.w;
+	struct generation *g = rt->gen;
 	size_t k, i;
 
+	signal(SIGHUP, SIG_IGN);
 	memset(&ctx, 0, sizeof(ctx));
-	ctx.rt = rt;
-	w->loop = ev_default_loop(EVFLAG_AUTO);
-	if (w->loop == NULL) {
-		log_msg(LEVEL_ERROR, "cannot create the event loop");
-		return 1;
-	}
-	w->cfg = rt->gen->cfg;
-	/* Session ids differ between workers and between restarts. */
-	w->next_id = ((uint32_t)getpid() * 2654435761u) ^ ((uint32_t)idx << 28);
-	conn_worker_init(w);
-	/* Close the other workers' copies of the listeners. */
+	/* Close the other slots' copies of the listeners. */
 	for (k = 0; k < rt->nworkers; k++) {
 		if (k == idx)
 			continue;
@@ -373,35 +446,63 @@ static int run_worker(struct runtime *rt, unsigned idx)
 			close(rt->sets[k].l[i].fd);
 		rt->sets[k].n = 0;
 	}
+	if (drop_privileges(g->cfg->user) < 0)
+		return 1;
+	/* A worker whose supervisor is gone stops too (after the uid change,
+	 * which clears this setting). */
+	prctl(PR_SET_PDEATHSIG, SIGTERM);
+	if (getppid() == 1)
+		return 0;
+	w->loop = ev_default_loop(EVFLAG_AUTO);
+	if (w->loop == NULL) {
+		log_msg(LEVEL_ERROR, "cannot create the event loop");
+		return 1;
+	}
+	w->cfg = g->cfg;
+	/* Session ids differ between workers and between restarts. */
+	w->next_id = ((uint32_t)getpid() * 2654435761u) ^ ((uint32_t)idx << 28);
+	conn_worker_init(w);
 	listener_start(&rt->sets[idx], w);
 	ev_signal_init(&ctx.sigterm, stop_cb, SIGTERM);
 	ev_signal_init(&ctx.sigint, stop_cb, SIGINT);
-	ev_signal_init(&ctx.sighup, hup_cb, SIGHUP);
-	ctx.sigterm.data = ctx.sigint.data = ctx.sighup.data = &ctx;
+	ev_signal_init(&ctx.retire, stop_cb, SIG_RETIRE);
+	ev_signal_init(&ctx.close, close_cb, SIG_CLOSE);
+	ctx.sigterm.data = ctx.sigint.data = ctx.retire.data = ctx.close.data = &ctx;
 	ev_signal_start(w->loop, &ctx.sigterm);
 	ev_signal_start(w->loop, &ctx.sigint);
-	ev_signal_start(w->loop, &ctx.sighup);
+	ev_signal_start(w->loop, &ctx.retire);
+	ev_signal_start(w->loop, &ctx.close);
+	sigprocmask(SIG_SETMASK, mask, NULL);
 	ev_run(w->loop, 0);
 	conn_close_all(w);
 	if (!w->stopping)
 		listener_stop(w->listeners);
 	ev_timer_stop(w->loop, &ctx.grace);
 	ev_loop_destroy(w->loop);
-	log_msg(LEVEL_INFO, "worker %u stopped", idx);
+	log_msg(LEVEL_DEBUG, "worker %u (pid %d) stopped", idx, (int)getpid());
 	return 0;
 }
 
-/* ---- several workers: a small supervisor ---- */
+/* ---- the supervisor ---- */
 
-static pid_t spawn(struct runtime *rt, unsigned idx, const sigset_t *old)
+struct super {
+	struct runtime *rt;
+	pid_t pids[MAX_WORKERS];      /* the slots, on rt->gen */
+	time_t born[MAX_WORKERS];
+	pid_t *old;                   /* retired workers still finishing */
+	size_t nold, capold;
+	sigset_t set, mask;           /* the signals waited for; the mask before */
+	unsigned stops;               /* SIGTERM/SIGINT received */
+	bool stopping;
+};
+
+static pid_t spawn(struct super *sv, unsigned idx)
 {
 	pid_t pid = fork();
 
 	if (pid == 0) {
-		int rc;
-		sigprocmask(SIG_SETMASK, old, NULL);
-		rc = run_worker(rt, idx);
-		runtime_free(rt);
+		int rc = run_worker(sv->rt, idx, &sv->mask);
+		runtime_free(sv->rt);
 		exit(rc);
 	}
 	if (pid < 0)
@@ -409,72 +510,203 @@ static pid_t spawn(struct runtime *rt, unsigned idx, const sigset_t *old)
 	return pid;
 }
 
-static void signal_all(const pid_t *pids, unsigned n, int sig)
+static void retire_later(struct super *sv, pid_t pid)
 {
-	unsigned i;
+	if (sv->nold == sv->capold) {
+		size_t cap = sv->capold ? sv->capold * 2 : 16;
+		pid_t *n = realloc(sv->old, cap * sizeof(*n));
+		if (n == NULL) {
+			/* Not tracked any more: it still drains and exits. */
+			kill(pid, SIG_RETIRE);
+			return;
+		}
+		sv->old = n;
+		sv->capold = cap;
+	}
+	sv->old[sv->nold++] = pid;
+	kill(pid, SIG_RETIRE);
+}
 
-	for (i = 0; i < n; i++)
-		if (pids[i] > 0)
-			kill(pids[i], sig);
+/* Log a load's messages, one line each. */
+static void log_lines(const char *prefix, char *text)
+{
+	char *line, *save = NULL;
+
+	for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+		log_msg(LEVEL_ERROR, "%s%s", prefix, line);
+}
+
+/*
+ * SIGHUP. All or nothing: a new generation is used only if it loads
+ * entirely and a worker starts on it in every slot; otherwise the workers
+ * on the old one go on as if nothing happened.
+ */
+static void reload(struct super *sv)
+{
+	struct runtime *rt = sv->rt;
+	char *text = NULL;
+	size_t len = 0;
+	FILE *err = open_memstream(&text, &len);
+	struct generation *g, *old = rt->gen;
+	pid_t fresh[MAX_WORKERS];
+	unsigned k;
+
+	if (err == NULL) {
+		log_msg(LEVEL_ERROR, "reload refused: out of memory; the running configuration stays");
+		return;
+	}
+	g = generation_load(rt->dir, err);
+	fclose(err);
+	log_lines("reload: ", text);
+	free(text);
+	if (g != NULL && remap_listeners(rt, g) < 0) {
+		log_msg(LEVEL_ERROR, "reload: the listen addresses changed; that needs a restart");
+		generation_free(g);
+		g = NULL;
+	}
+	if (g == NULL) {
+		log_msg(LEVEL_ERROR, "reload refused: the running configuration stays");
+		return;
+	}
+	if (worker_count(g->cfg) != rt->nworkers)
+		log_msg(LEVEL_WARN, "reload: workers changed; %u stay until a restart", rt->nworkers);
+	rt->gen = g;
+	for (k = 0; k < rt->nworkers; k++) {
+		fresh[k] = spawn(sv, k);
+		if (fresh[k] > 0)
+			continue;
+		/* No half switch: the new ones go, the old ones stay. */
+		while (k-- > 0)
+			retire_later(sv, fresh[k]);
+		rt->gen = old;
+		remap_listeners(rt, old);
+		generation_free(g);
+		log_msg(LEVEL_ERROR, "reload refused: cannot start its workers; the running "
+		    "configuration stays");
+		return;
+	}
+	for (k = 0; k < rt->nworkers; k++) {
+		if (sv->pids[k] > 0)
+			retire_later(sv, sv->pids[k]);
+		sv->pids[k] = fresh[k];
+		sv->born[k] = time(NULL);
+	}
+	generation_free(old);
+	log_setup(g->cfg->log, g->cfg->log_level);
+	log_msg(LEVEL_INFO, "configuration reloaded: %zu services, %u workers started on it",
+	    g->nsvcs, rt->nworkers);
+}
+
+/* Stopping: the supervisor's copies go too, so new clients are refused
+ * at once rather than left in a backlog nobody accepts from. */
+static void close_listeners(struct runtime *rt)
+{
+	size_t k, i;
+
+	for (k = 0; k < rt->nworkers; k++)
+		for (i = 0; i < rt->sets[k].n; i++) {
+			close(rt->sets[k].l[i].fd);
+			rt->sets[k].l[i].fd = -1;
+		}
+}
+
+static void signal_all(struct super *sv, int sig)
+{
+	size_t i;
+
+	for (i = 0; i < sv->rt->nworkers; i++)
+		if (sv->pids[i] > 0)
+			kill(sv->pids[i], sig);
+	for (i = 0; i < sv->nold; i++)
+		kill(sv->old[i], sig);
+}
+
+static void reap(struct super *sv)
+{
+	pid_t pid;
+	size_t i;
+	int status;
+
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		for (i = 0; i < sv->nold; i++) {
+			if (sv->old[i] == pid) {
+				sv->old[i] = sv->old[--sv->nold];
+				break;
+			}
+		}
+		for (i = 0; i < sv->rt->nworkers; i++) {
+			if (sv->pids[i] != pid)
+				continue;
+			sv->pids[i] = 0;
+			if (sv->stopping)
+				continue;
+			if (WIFSIGNALED(status))
+				log_msg(LEVEL_ERROR, "worker %zu (pid %d) killed by signal %d; restarting",
+				    i, (int)pid, WTERMSIG(status));
+			else
+				log_msg(LEVEL_ERROR, "worker %zu (pid %d) exited with status %d; restarting",
+				    i, (int)pid, WEXITSTATUS(status));
+		}
+	}
+}
+
+static unsigned alive(const struct super *sv)
+{
+	unsigned i, n = (unsigned)sv->nold;
+
+	for (i = 0; i < sv->rt->nworkers; i++)
+		n += sv->pids[i] > 0;
+	return n;
 }
 
 static int supervise(struct runtime *rt)
 {
-	pid_t pids[MAX_WORKERS] = { 0 };
-	time_t born[MAX_WORKERS] = { 0 };
-	sigset_t set, old;
-	unsigned i, alive = 0;
-	bool stopping = false;
+	struct super sv;
+	time_t rotated = time(NULL);
+	unsigned i;
 
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGHUP);
-	sigaddset(&set, SIGCHLD);
-	sigprocmask(SIG_BLOCK, &set, &old);
+	memset(&sv, 0, sizeof(sv));
+	sv.rt = rt;
+	sigemptyset(&sv.set);
+	sigaddset(&sv.set, SIGTERM);
+	sigaddset(&sv.set, SIGINT);
+	sigaddset(&sv.set, SIGHUP);
+	sigaddset(&sv.set, SIGCHLD);
+	sigaddset(&sv.set, SIG_RETIRE);
+	sigaddset(&sv.set, SIG_CLOSE);
+	sigprocmask(SIG_BLOCK, &sv.set, &sv.mask);
 	for (i = 0; i < rt->nworkers; i++) {
-		pids[i] = spawn(rt, i, &old);
-		born[i] = time(NULL);
-		alive += pids[i] > 0;
+		sv.pids[i] = spawn(&sv, i);
+		sv.born[i] = time(NULL);
 	}
-	while (alive > 0) {
+	while (alive(&sv) > 0 || !sv.stopping) {
 		struct timespec ts = { 1, 0 };
-		int sig = sigtimedwait(&set, NULL, &ts), status;
-		pid_t pid;
+		int sig = sigtimedwait(&sv.set, NULL, &ts);
 
 		if (sig == SIGTERM || sig == SIGINT) {
-			stopping = true;
-			signal_all(pids, rt->nworkers, sig);
-		} else if (sig == SIGHUP) {
-			/* Workers started later must start from the new load too. */
-			reload(rt);
-			signal_all(pids, rt->nworkers, SIGHUP);
+			/* The first drains, a second closes the live sessions. */
+			signal_all(&sv, sv.stops++ == 0 ? SIG_RETIRE : SIG_CLOSE);
+			if (!sv.stopping)
+				close_listeners(rt);
+			sv.stopping = true;
+		} else if (sig == SIGHUP && !sv.stopping) {
+			reload(&sv);
 		}
-		while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-			for (i = 0; i < rt->nworkers; i++) {
-				if (pids[i] != pid)
-					continue;
-				pids[i] = 0;
-				alive--;
-				if (stopping)
-					continue;
-				if (WIFSIGNALED(status))
-					log_msg(LEVEL_ERROR, "worker %u (pid %d) killed by signal %d; restarting",
-					    i, (int)pid, WTERMSIG(status));
-				else
-					log_msg(LEVEL_ERROR, "worker %u (pid %d) exited with status %d; restarting",
-					    i, (int)pid, WEXITSTATUS(status));
-			}
-		}
+		reap(&sv);
 		/* Restart dead workers, at most one start per second each. */
-		for (i = 0; i < rt->nworkers && !stopping; i++) {
-			if (pids[i] == 0 && time(NULL) > born[i]) {
-				pids[i] = spawn(rt, i, &old);
-				born[i] = time(NULL);
-				alive += pids[i] > 0;
+		for (i = 0; i < rt->nworkers && !sv.stopping; i++) {
+			if (sv.pids[i] == 0 && time(NULL) > sv.born[i]) {
+				sv.pids[i] = spawn(&sv, i);
+				sv.born[i] = time(NULL);
 			}
+		}
+		if (time(NULL) - rotated >= TICKET_ROTATE) {
+			tls_tickets_rotate();
+			rotated = time(NULL);
 		}
 	}
+	free(sv.old);
+	log_msg(LEVEL_INFO, "mailshim stopped");
 	return 0;
 }
 
@@ -510,25 +742,33 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
+	serving = !check;
+	/* Before the first context, so every context of every load uses them. */
+	if (!check && tls_tickets_init() < 0) {
+		fprintf(stderr, "cannot make the session ticket keys: %s\n", strerror(errno));
+		return 1;
+	}
 	rt.gen = generation_load(rt.dir, stderr);
 	if (rt.gen == NULL) {
 		fprintf(stderr, "%s: configuration has errors\n", rt.dir);
 		return 1;
 	}
 	if (check) {
+		check_nofile(rt.gen->cfg, rt.dir);
 		printf("%s: configuration OK (%zu services)\n", rt.dir, rt.gen->nsvcs);
 		runtime_free(&rt);
 		return 0;
 	}
 	log_setup(rt.gen->cfg->log, rt.gen->cfg->log_level);
+	raise_nofile(rt.gen->cfg);
 	rt.nworkers = worker_count(rt.gen->cfg);
-	if (bind_all(&rt) < 0 || drop_privileges(rt.gen->cfg->user) < 0) {
+	if (bind_all(&rt) < 0) {
 		runtime_free(&rt);
 		return 1;
 	}
 	log_msg(LEVEL_INFO, "mailshim %s started: %zu services, %u workers, %s",
 	    MAILSHIM_VERSION, rt.gen->nsvcs, rt.nworkers, tls_library());
-	rc = rt.nworkers == 1 ? run_worker(&rt, 0) : supervise(&rt);
+	rc = supervise(&rt);
 	runtime_free(&rt);
 	return rc;
 }

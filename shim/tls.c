@@ -6,11 +6,22 @@
 #include "tls.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/sha.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -26,36 +37,228 @@ static const char default_ciphers[] =
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
 static const char curves[] = "X25519:P-256:P-384";
 
-static int fail(char *err, size_t len, const char *what, const char *arg)
-{
-	unsigned long e = ERR_get_error();
-	char lib[256] = "";
+/*
+ * Where a key was set, and what went wrong with it: every message about a
+ * key names the file and line of the key itself ("FILE:LINE: ...").
+ */
+struct where {
+	const struct config *cfg;
+	const struct service *svc;
+	FILE *err;
+};
 
-	if (e != 0)
-		ERR_error_string_n(e, lib, sizeof(lib));
-	snprintf(err, len, "%s%s%s%s%s", what, arg ? " " : "", arg ? arg : "",
-	    e ? ": " : "", lib);
+static int key_fail(const struct where *w, const char *key, size_t index,
+    const char *path, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+static int key_fail(const struct where *w, const char *key, size_t index,
+    const char *path, const char *fmt, ...)
+{
+	const char *file;
+	int line;
+	unsigned long e = ERR_peek_last_error();
+	va_list ap;
+
+	config_key_where(w->cfg, w->svc, key, index, &file, &line);
+	fprintf(w->err, "%s:%d: %s%s%s: ", file, line, key, path ? " " : "",
+	    path ? path : "");
+	va_start(ap, fmt);
+	vfprintf(w->err, fmt, ap);
+	va_end(ap);
+	if (e != 0) {
+		const char *r = ERR_reason_error_string(e);
+		fprintf(w->err, " (%s)", r ? r : "TLS library error");
+	}
+	fputc('\n', w->err);
 	ERR_clear_error();
 	return -1;
 }
 
-static SSL_CTX *ctx_common(int min_version, const char *ciphers, char *err,
-    size_t errlen)
+#define FILE_MAX (16u << 20)   /* a CA bundle is a few hundred KiB */
+
+/*
+ * The whole of a file a key names, in a memory BIO. Opened non-blocking
+ * and checked with fstat before any read: a FIFO or a device under a
+ * certificate's name must give an error, never a check or a reload that
+ * hangs. NULL after key_fail().
+ */
+static BIO *key_file(const struct where *w, const char *key, size_t index,
+    const char *path)
+{
+	struct stat st;
+	char *buf;
+	size_t got = 0;
+	ssize_t r;
+	BIO *bio;
+	int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+
+	if (fd < 0)
+		return key_fail(w, key, index, path, "cannot open: %s", strerror(errno)), NULL;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return key_fail(w, key, index, path, "not a regular file"), NULL;
+	}
+	if (st.st_size <= 0 || (unsigned long long)st.st_size > FILE_MAX) {
+		close(fd);
+		return key_fail(w, key, index, path, st.st_size <= 0 ? "empty file" :
+		    "larger than %u MiB", FILE_MAX >> 20), NULL;
+	}
+	buf = malloc((size_t)st.st_size);
+	while (buf != NULL && got < (size_t)st.st_size &&
+	    ((r = read(fd, buf + got, (size_t)st.st_size - got)) > 0 ||
+	    (r < 0 && errno == EINTR)))
+		got += r > 0 ? (size_t)r : 0;
+	close(fd);
+	if (buf == NULL || got == 0) {
+		free(buf);
+		return key_fail(w, key, index, path, buf ? "cannot read" : "out of memory"), NULL;
+	}
+	bio = BIO_new(BIO_s_mem());
+	if (bio == NULL || BIO_write(bio, buf, (int)got) != (int)got) {
+		BIO_free(bio);
+		bio = NULL;
+		key_fail(w, key, index, path, "out of memory");
+	}
+	free(buf);
+	return bio;
+}
+
+/* An encrypted key would need a passphrase: refuse it, never prompt. */
+static int no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+	(void)buf; (void)size; (void)rwflag; (void)u;
+	return 0;
+}
+
+/* After the last PEM block: end of input is fine, anything else is not. */
+static int pem_end_ok(void)
+{
+	unsigned long e = ERR_peek_last_error();
+
+	if (ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE) {
+		ERR_clear_error();
+		return 1;
+	}
+	return e == 0;
+}
+
+/* Every certificate of a PEM file, in order; NULL after key_fail(). */
+static STACK_OF(X509) *key_certs(const struct where *w, const char *key,
+    size_t index, const char *path)
+{
+	BIO *bio = key_file(w, key, index, path);
+	STACK_OF(X509) *certs;
+	X509 *x;
+
+	if (bio == NULL)
+		return NULL;
+	certs = sk_X509_new_null();
+	while (certs != NULL && (x = PEM_read_bio_X509_AUX(bio, NULL, no_passphrase, NULL)) != NULL) {
+		if (!sk_X509_push(certs, x)) {
+			X509_free(x);
+			break;
+		}
+	}
+	BIO_free(bio);
+	if (certs == NULL || !pem_end_ok() || sk_X509_num(certs) == 0) {
+		int none = certs != NULL && sk_X509_num(certs) == 0 && ERR_peek_last_error() == 0;
+		sk_X509_pop_free(certs, X509_free);
+		key_fail(w, key, index, path, none ? "no PEM certificate in it" :
+		    "not a valid PEM certificate file");
+		return NULL;
+	}
+	return certs;
+}
+
+static EVP_PKEY *key_pkey(const struct where *w, const char *key, size_t index,
+    const char *path)
+{
+	BIO *bio = key_file(w, key, index, path);
+	EVP_PKEY *pk;
+
+	if (bio == NULL)
+		return NULL;
+	pk = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL);
+	BIO_free(bio);
+	if (pk == NULL && pem_end_ok())
+		key_fail(w, key, index, path, "no PEM private key in it");
+	else if (pk == NULL)
+		key_fail(w, key, index, path, "not a usable PEM private key "
+		    "(one with a passphrase cannot be used)");
+	return pk;
+}
+
+/* Certificate chain and private key, and that the two belong together. */
+static int use_pair(const struct where *w, SSL_CTX *ctx, const char *ckey,
+    const char *kkey, size_t index, const char *cert, const char *keyfile)
+{
+	STACK_OF(X509) *chain = key_certs(w, ckey, index, cert);
+	EVP_PKEY *pk;
+	size_t i;
+	int ok = 0;
+
+	if (chain == NULL)
+		return -1;
+	if (SSL_CTX_use_certificate(ctx, sk_X509_value(chain, 0)) != 1) {
+		key_fail(w, ckey, index, cert, "certificate refused");
+		goto out;
+	}
+	for (i = 1; i < sk_X509_num(chain); i++) {
+		if (!SSL_CTX_add1_chain_cert(ctx, sk_X509_value(chain, i))) {
+			key_fail(w, ckey, index, cert, "cannot use the chain");
+			goto out;
+		}
+	}
+	if ((pk = key_pkey(w, kkey, index, keyfile)) == NULL)
+		goto out;
+	if (SSL_CTX_use_PrivateKey(ctx, pk) != 1 || SSL_CTX_check_private_key(ctx) != 1)
+		key_fail(w, kkey, index, keyfile, "this key does not match the certificate in %s", cert);
+	else
+		ok = 1;
+	EVP_PKEY_free(pk);
+out:
+	sk_X509_pop_free(chain, X509_free);
+	return ok ? 0 : -1;
+}
+
+/* Trust every certificate of a CA file (and, for clients, ask for them). */
+static int use_ca(const struct where *w, SSL_CTX *ctx, const char *key,
+    const char *path, int client_ca)
+{
+	STACK_OF(X509) *cas = key_certs(w, key, 0, path);
+	X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+	size_t i;
+	int ok = 1;
+
+	if (cas == NULL)
+		return -1;
+	for (i = 0; i < sk_X509_num(cas) && ok; i++) {
+		X509 *x = sk_X509_value(cas, i);
+		ok = X509_STORE_add_cert(store, x) == 1 &&
+		    (!client_ca || SSL_CTX_add_client_CA(ctx, x) == 1);
+	}
+	sk_X509_pop_free(cas, X509_free);
+	if (!ok)
+		return key_fail(w, key, 0, path, "cannot use a certificate of it");
+	return 0;
+}
+
+static SSL_CTX *ctx_common(const struct where *w, int min_version,
+    const char *ciphers, const char *ciphers_key)
 {
 	SSL_CTX *ctx = SSL_CTX_new(TLS_method());
 
 	if (ctx == NULL) {
-		fail(err, errlen, "cannot create a TLS context", NULL);
+		key_fail(w, ciphers_key, 0, NULL, "cannot create a TLS context");
 		return NULL;
 	}
 	if (!SSL_CTX_set_min_proto_version(ctx, (uint16_t)min_version) ||
 	    !SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) ||
 	    !SSL_CTX_set1_curves_list(ctx, curves)) {
-		fail(err, errlen, "cannot set TLS versions or curves", NULL);
+		key_fail(w, ciphers_key, 0, NULL, "cannot set TLS versions or curves");
 		goto err;
 	}
 	if (!SSL_CTX_set_strict_cipher_list(ctx, ciphers ? ciphers : default_ciphers)) {
-		fail(err, errlen, "bad cipher list", ciphers);
+		key_fail(w, ciphers_key, 0, ciphers, "bad cipher list");
 		goto err;
 	}
 	/* Reads and writes may restart with another buffer: our relay moves
@@ -66,6 +269,85 @@ static SSL_CTX *ctx_common(int min_version, const char *ciphers, char *err,
 err:
 	SSL_CTX_free(ctx);
 	return NULL;
+}
+
+/*
+ * Session ticket keys, shared by every worker and every configuration
+ * load, so a client resumes wherever the kernel sends it. The supervisor
+ * makes them (tls_tickets_init) in a MAP_SHARED page its workers inherit
+ * and rotates them (tls_tickets_rotate); workers only read. New tickets
+ * use the current key; the two before it still decrypt (a ticket they
+ * open is renewed under the current one). A slot is rewritten only when
+ * it is the oldest: a worker that reads it half-written fails the HMAC
+ * and does a full handshake, nothing worse.
+ */
+#define TICKET_SLOTS 3
+
+struct ticket_key {
+	uint8_t name[SSL_TICKET_KEY_NAME_LEN];
+	uint8_t aes[32];
+	uint8_t hmac[32];
+};
+
+struct ticket_keys {
+	atomic_uint cur;
+	struct ticket_key k[TICKET_SLOTS];
+};
+
+static struct ticket_keys *tickets;
+
+int tls_tickets_init(void)
+{
+	void *p = mmap(NULL, sizeof(*tickets), PROT_READ | PROT_WRITE,
+	    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	unsigned i;
+
+	if (p == MAP_FAILED)
+		return -1;
+	tickets = p;
+	atomic_init(&tickets->cur, 0);
+	for (i = 0; i < TICKET_SLOTS; i++)
+		RAND_bytes((uint8_t *)&tickets->k[i], sizeof(tickets->k[i]));
+	return 0;
+}
+
+void tls_tickets_rotate(void)
+{
+	unsigned next;
+
+	if (tickets == NULL)
+		return;
+	next = atomic_load(&tickets->cur) + 1;
+	RAND_bytes((uint8_t *)&tickets->k[next % TICKET_SLOTS], sizeof(struct ticket_key));
+	atomic_store(&tickets->cur, next);
+}
+
+static int ticket_cb(SSL *ssl, uint8_t *name, uint8_t *iv, EVP_CIPHER_CTX *cctx,
+    HMAC_CTX *hctx, int encrypt)
+{
+	unsigned cur = atomic_load(&tickets->cur), i;
+	const struct ticket_key *k;
+
+	(void)ssl;
+	if (encrypt) {
+		k = &tickets->k[cur % TICKET_SLOTS];
+		memcpy(name, k->name, sizeof(k->name));
+		if (!RAND_bytes(iv, 16) ||
+		    !EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv) ||
+		    !HMAC_Init_ex(hctx, k->hmac, sizeof(k->hmac), EVP_sha256(), NULL))
+			return -1;
+		return 1;
+	}
+	for (i = 0; i < TICKET_SLOTS; i++) {
+		k = &tickets->k[(cur - i) % TICKET_SLOTS];
+		if (memcmp(name, k->name, sizeof(k->name)) != 0)
+			continue;
+		if (!HMAC_Init_ex(hctx, k->hmac, sizeof(k->hmac), EVP_sha256(), NULL) ||
+		    !EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv))
+			return -1;
+		return i == 0 ? 1 : 2;
+	}
+	return 0;
 }
 
 /* Pick the certificate whose names match the client's SNI. */
@@ -80,7 +362,8 @@ static int servername_cb(SSL *ssl, int *alert, void *arg)
 		return SSL_TLSEXT_ERR_OK;
 	for (i = 1; i < t->nlisten; i++) {
 		X509 *x = SSL_CTX_get0_certificate(t->listen[i]);
-		if (x != NULL && X509_check_host(x, name, strlen(name), 0, NULL) == 1) {
+		if (x != NULL && X509_check_host(x, name, strlen(name),
+		    X509_CHECK_FLAG_NEVER_CHECK_SUBJECT, NULL) == 1) {
 			SSL_set_SSL_CTX(ssl, t->listen[i]);
 			break;
 		}
@@ -88,34 +371,25 @@ static int servername_cb(SSL *ssl, int *alert, void *arg)
 	return SSL_TLSEXT_ERR_OK;
 }
 
-static SSL_CTX *listen_ctx(struct svc_tls *t, const struct service *svc,
-    const struct certkey *ck, char *err, size_t errlen)
+static SSL_CTX *listen_ctx(const struct where *w, struct svc_tls *t, size_t i)
 {
 	static const unsigned char sid[] = "mailshim";
-	SSL_CTX *ctx = ctx_common(svc->listen_min_version, svc->listen_ciphers,
-	    err, errlen);
+	const struct service *svc = w->svc;
+	const struct certkey *ck = &svc->certs[i];
+	SSL_CTX *ctx = ctx_common(w, svc->listen_min_version, svc->listen_ciphers,
+	    "listen_ciphers");
 
 	if (ctx == NULL)
 		return NULL;
-	if (SSL_CTX_use_certificate_chain_file(ctx, ck->cert) != 1) {
-		fail(err, errlen, "cannot load listen_cert", ck->cert);
+	if (use_pair(w, ctx, "listen_cert", "listen_key", i, ck->cert, ck->key) < 0)
 		goto err;
-	}
-	if (SSL_CTX_use_PrivateKey_file(ctx, ck->key, SSL_FILETYPE_PEM) != 1 ||
-	    SSL_CTX_check_private_key(ctx) != 1) {
-		fail(err, errlen, "cannot load listen_key (or it does not match the certificate)", ck->key);
-		goto err;
-	}
 	SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
 	SSL_CTX_set_session_id_context(ctx, sid, sizeof(sid) - 1);
+	if (tickets != NULL)
+		SSL_CTX_set_tlsext_ticket_key_cb(ctx, ticket_cb);
 	if (svc->listen_client_ca != NULL) {
-		STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(svc->listen_client_ca);
-		if (names == NULL ||
-		    SSL_CTX_load_verify_locations(ctx, svc->listen_client_ca, NULL) != 1) {
-			fail(err, errlen, "cannot load listen_client_ca", svc->listen_client_ca);
+		if (use_ca(w, ctx, "listen_client_ca", svc->listen_client_ca, 1) < 0)
 			goto err;
-		}
-		SSL_CTX_set_client_CA_list(ctx, names);
 		SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
 	}
 	SSL_CTX_set_tlsext_servername_callback(ctx, servername_cb);
@@ -146,33 +420,31 @@ static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
 	return 1;
 }
 
-static SSL_CTX *upstream_ctx(struct svc_tls *t, const struct service *svc,
-    char *err, size_t errlen)
+static SSL_CTX *upstream_ctx(const struct where *w, struct svc_tls *t)
 {
-	SSL_CTX *ctx = ctx_common(svc->upstream_min_version, svc->upstream_ciphers,
-	    err, errlen);
+	const struct service *svc = w->svc;
+	SSL_CTX *ctx = ctx_common(w, svc->upstream_min_version, svc->upstream_ciphers,
+	    "upstream_ciphers");
 	X509_VERIFY_PARAM *param;
 
 	if (ctx == NULL)
 		return NULL;
 	if (svc->upstream_cert != NULL &&
-	    (SSL_CTX_use_certificate_chain_file(ctx, svc->upstream_cert) != 1 ||
-	    SSL_CTX_use_PrivateKey_file(ctx, svc->upstream_key, SSL_FILETYPE_PEM) != 1 ||
-	    SSL_CTX_check_private_key(ctx) != 1)) {
-		fail(err, errlen, "cannot load upstream_cert/upstream_key", svc->upstream_cert);
+	    use_pair(w, ctx, "upstream_cert", "upstream_key", 0, svc->upstream_cert,
+	    svc->upstream_key) < 0)
 		goto err;
-	}
 	if (svc->upstream_verify != VERIFY_ENCRYPT) {
-		if (SSL_CTX_load_verify_locations(ctx, svc->upstream_ca, NULL) != 1) {
-			fail(err, errlen, "cannot load upstream_ca", svc->upstream_ca);
+		if (use_ca(w, ctx, "upstream_ca", svc->upstream_ca, 0) < 0)
 			goto err;
-		}
 		param = SSL_CTX_get0_param(ctx);
-		X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+		/* RFC 9525 6.3: names come from subjectAltName only; a
+		 * certificate whose only name is its subject CN matches none. */
+		X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS |
+		    X509_CHECK_FLAG_NEVER_CHECK_SUBJECT);
 		if ((is_ip(svc->upstream_name) ?
 		    X509_VERIFY_PARAM_set1_ip_asc(param, svc->upstream_name) :
 		    X509_VERIFY_PARAM_set1_host(param, svc->upstream_name, strlen(svc->upstream_name))) != 1) {
-			fail(err, errlen, "bad upstream_name", svc->upstream_name);
+			key_fail(w, "upstream_name", 0, svc->upstream_name, "bad name");
 			goto err;
 		}
 		SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
@@ -188,33 +460,31 @@ err:
 	return NULL;
 }
 
-int tls_init(struct svc_tls *t, const struct service *svc, char *err,
-    size_t errlen)
+int tls_init(struct svc_tls *t, const struct config *cfg,
+    const struct service *svc, FILE *err)
 {
+	const struct where w = { cfg, svc, err };
 	size_t i;
+	int bad = 0;
 
 	memset(t, 0, sizeof(*t));
 	t->svc = svc;
+	/* Every context is tried, so one check reports every bad file. */
 	if (svc->listen_tls != MODE_PLAIN) {
 		t->listen = calloc(svc->ncerts, sizeof(*t->listen));
 		if (t->listen == NULL)
-			return fail(err, errlen, "out of memory", NULL);
-		for (i = 0; i < svc->ncerts; i++) {
-			t->listen[i] = listen_ctx(t, svc, &svc->certs[i], err, errlen);
-			if (t->listen[i] == NULL)
-				goto err;
-			t->nlisten++;
-		}
+			return key_fail(&w, "listen_cert", 0, NULL, "out of memory");
+		t->nlisten = svc->ncerts;
+		for (i = 0; i < svc->ncerts; i++)
+			bad |= (t->listen[i] = listen_ctx(&w, t, i)) == NULL;
 	}
-	if (svc->upstream_tls != MODE_PLAIN) {
-		t->upstream = upstream_ctx(t, svc, err, errlen);
-		if (t->upstream == NULL)
-			goto err;
+	if (svc->upstream_tls != MODE_PLAIN)
+		bad |= (t->upstream = upstream_ctx(&w, t)) == NULL;
+	if (bad) {
+		tls_free(t);
+		return -1;
 	}
 	return 0;
-err:
-	tls_free(t);
-	return -1;
 }
 
 void tls_free(struct svc_tls *t)

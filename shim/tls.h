@@ -8,6 +8,7 @@
 #define MAILSHIM_TLS_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 #include "config.h"
 
@@ -23,9 +24,22 @@ struct svc_tls {
 	SSL_SESSION *session;    /* newest upstream session, for resumption */
 };
 
-/* Build the contexts; on failure write a message to err and return -1. */
-int tls_init(struct svc_tls *t, const struct service *svc, char *err,
-    size_t errlen);
+/*
+ * Build the contexts of svc (a service of cfg). Every file a key names is
+ * read here, never blocking (a FIFO is an error), and checked: PEM that
+ * parses, a key that matches its certificate. Each problem is printed to
+ * err as "FILE:LINE: message" naming the key at fault; -1 if any.
+ */
+int tls_init(struct svc_tls *t, const struct config *cfg,
+    const struct service *svc, FILE *err);
+
+/*
+ * Session ticket keys shared by all workers (a MAP_SHARED page): made in
+ * the supervisor before the first context and the first fork, rotated by
+ * it. Without tls_tickets_init each context keeps its own keys.
+ */
+int tls_tickets_init(void);
+void tls_tickets_rotate(void);
 void tls_free(struct svc_tls *t);
 
 /* A server-side SSL on fd for the listen hop; NULL on failure. */

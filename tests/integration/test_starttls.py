@@ -813,8 +813,9 @@ def test_pipelining_to_scripted_upstream(make_shim, raw_server, ports, pki, list
     upstream saw the commands in the order sent and the replies come back
     in that order (the 550 for the second recipient in third place)."""
     up, srv = fake(raw_server)
+    # (listen_plain_from exists only on starttls listeners)
     shim, port = start_shim(make_shim, ports, pki, listen, srv.port,
-                            listen_plain_from="any")
+                            listen_plain_from="any" if listen == "starttls" else None)
     with SmtpConn(port, tls=(listen == "implicit"), cafile=pki.ca) as c:
         assert c.reply()[0] == 220
         code, lines = c.cmd("EHLO client.test")

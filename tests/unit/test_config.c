@@ -138,13 +138,13 @@ static void test_all_keys(void)
 	struct config *cfg = parse(
 	    "[global]\nworkers = 4\nuser = mailshim\nhelo_name = mx.example\n"
 	    "log = syslog\nlog_level = debug\nmax_connections = 1000000\n"
-	    "tls_min_version = TLSv1.3\n"
+	    "tls_min_version = TLSv1.2\n"
 	    "[sub]\nlisten = [::]:587\nlisten_tls = starttls\n"
 	    "listen_cert = /c.pem\nlisten_key = /c.key\n"
 	    "listen_plain_from = 127.0.0.0/8 ::1\nlisten_client_ca = /ca.pem\n"
 	    "listen_min_version = TLSv1.2\nlisten_ciphers = ECDHE+AESGCM\n"
 	    "proxy_protocol = no\nupstream = [2001:db8::5]:465\n"
-	    "upstream_tls = implicit\nupstream_verify = encrypt\n"
+	    "upstream_tls = implicit\nupstream_verify = verify\n"
 	    "upstream_name = legacy.internal\nupstream_ca = /u.pem\n"
 	    "upstream_pin = " PIN "\nupstream_cert = /uc.pem\n"
 	    "upstream_key = /uc.key\nupstream_ciphers = AES256\n"
@@ -162,7 +162,7 @@ static void test_all_keys(void)
 	CHECK_EQ(cfg->log, LOG_SYSLOG);
 	CHECK_EQ(cfg->log_level, LEVEL_DEBUG);
 	CHECK_EQ(cfg->max_connections, 1000000);
-	CHECK_EQ(cfg->tls_min_version, CONFIG_TLS13);
+	CHECK_EQ(cfg->tls_min_version, CONFIG_TLS12);
 	s = &cfg->services[0];
 	CHECK_EQ(s->line, 9);
 	memcpy(&s6, &s->listen[0].ss, sizeof s6);
@@ -181,14 +181,14 @@ static void test_all_keys(void)
 	CHECK_STR(s->upstream_host, "2001:db8::5");
 	CHECK_STR(s->upstream_port, "465");
 	CHECK_EQ(s->upstream_tls, MODE_IMPLICIT);
-	CHECK_EQ(s->upstream_verify, VERIFY_ENCRYPT);
+	CHECK_EQ(s->upstream_verify, VERIFY_VERIFY);
 	CHECK_STR(s->upstream_name, "legacy.internal");
 	CHECK_STR(s->upstream_ca, "/u.pem");
 	CHECK_EQ(s->npins, 1);
 	CHECK_STR(s->upstream_cert, "/uc.pem");
 	CHECK_STR(s->upstream_key, "/uc.key");
 	CHECK_STR(s->upstream_ciphers, "AES256");
-	CHECK_EQ(s->upstream_min_version, CONFIG_TLS13);
+	CHECK_EQ(s->upstream_min_version, CONFIG_TLS12);
 	CHECK_EQ(s->timeout_connect_ms, 500);
 	CHECK_EQ(s->timeout_handshake_ms, 300000);
 	CHECK_EQ(s->timeout_idle_ms, 3600000);
@@ -209,6 +209,16 @@ static struct config *service_kv(const char *kv)
 	char text[512];
 
 	snprintf(text, sizeof text, SVC "%s\n", kv);
+	return parse(text);
+}
+
+/* The same on TLS hops, where every TLS key means something. */
+static struct config *service_tls_kv(const char *kv)
+{
+	char text[512];
+
+	snprintf(text, sizeof text, SVC "listen_tls = starttls\n"
+	    "listen_cert = /c\nupstream_tls = starttls\n%s\n", kv);
 	return parse(text);
 }
 
@@ -299,7 +309,7 @@ static void test_words(void)
 	cfg = global_kv("log_level = warn");
 	CHECK(cfg && cfg->log_level == LEVEL_WARN);
 	config_free(cfg);
-	cfg = service_kv("upstream_min_version = TLSv1.3");
+	cfg = service_kv("upstream_tls = starttls\nupstream_min_version = TLSv1.3");
 	CHECK(cfg && cfg->services[0].upstream_min_version == CONFIG_TLS13);
 	CHECK(cfg && cfg->services[0].listen_min_version == CONFIG_TLS12);
 	config_free(cfg);
@@ -402,7 +412,7 @@ static bool allowed(const struct service *s, const char *ip)
 
 static void test_cidr(void)
 {
-	struct config *cfg = service_kv("listen_plain_from = 127.0.0.0/8 ::1, "
+	struct config *cfg = service_tls_kv("listen_plain_from = 127.0.0.0/8 ::1, "
 	    "10.1.2.3/8\nlisten_plain_from = 192.168.7.9 2001:db8::/33 "
 	    "::ffff:172.16.0.0/108");
 	struct service *s;
@@ -435,12 +445,12 @@ static void test_cidr(void)
 	CHECK(!config_plain_allowed(NULL, (struct sockaddr *)&sun));
 	config_free(cfg);
 
-	cfg = service_kv("listen_plain_from = any");
+	cfg = service_tls_kv("listen_plain_from = any");
 	CHECK(cfg && cfg->services[0].plain_from.any);
 	CHECK(cfg && allowed(&cfg->services[0], "203.0.113.9"));
 	CHECK(cfg && allowed(&cfg->services[0], "2001:db8::9"));
 	config_free(cfg);
-	cfg = service_kv("listen_plain_from = 0.0.0.0/0");
+	cfg = service_tls_kv("listen_plain_from = 0.0.0.0/0");
 	CHECK(cfg && allowed(&cfg->services[0], "203.0.113.9"));
 	CHECK(cfg && !allowed(&cfg->services[0], "2001:db8::9"));
 	config_free(cfg);
@@ -453,14 +463,14 @@ static void test_cidr(void)
 	expect_error(SVC "listen_plain_from = any ::1\n", "'any' cannot be combined");
 	expect_error(SVC "listen_plain_from = ::1\nlisten_plain_from = any\n",
 	    "t.conf:5: bad value 'any' for listen_plain_from: 'any' cannot");
-	CHECK(service_kv("listen_plain_from = 10.0.0.1/ 1.2.3.400 ::1/129 "
+	CHECK(service_tls_kv("listen_plain_from = 10.0.0.1/ 1.2.3.400 ::1/129 "
 	    "10.0.0.0/8/8 localhost") == NULL);
 	CHECK_EQ(nerr, 5);
 }
 
 static void test_pin(void)
 {
-	struct config *cfg = service_kv("upstream_pin = " PIN "\n"
+	struct config *cfg = service_tls_kv("upstream_pin = " PIN "\n"
 	    "upstream_pin = sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
 
 	CHECK(cfg && cfg->services[0].npins == 2);
@@ -501,7 +511,7 @@ static void test_syntax(void)
 	cfg = parse("# leading comment\n; another\n\n  [ s ]  # svc\n"
 	    "\tlisten\t=\t127.0.0.1:25\t;trailing\n"
 	    "upstream=u:25#no space\n   \n\t\n"
-	    "listen_ciphers = A:B ; C\n");
+	    "listen_ciphers = A:B ; C\nlisten_tls = starttls\nlisten_cert = /c\n");
 	CHECK(cfg != NULL);
 	if (cfg) {
 		CHECK_STR(cfg->services[0].name, "s");
@@ -522,7 +532,8 @@ static void test_syntax(void)
 		size_t n = 200000;
 		char *big = malloc(n + 128);
 
-		strcpy(big, SVC "listen_ciphers = ");
+		strcpy(big, SVC "listen_tls = implicit\nlisten_cert = /c\n"
+		    "listen_ciphers = ");
 		size_t at = strlen(big);
 		memset(big + at, 'A', n);
 		strcpy(big + at + n, "\n");
@@ -631,7 +642,7 @@ static void test_certs(void)
 	expect_error(SVC "listen_tls = starttls\nlisten_cert = /c\nlisten_key = /k\n"
 	    "listen_key = /k2\n", "t.conf:7: listen_key has no listen_cert before it");
 	expect_error(SVC "listen_cert = /c\n",
-	    "t.conf:4: listen_cert is set but listen_tls = plain\n");
+	    "t.conf:4: listen_cert is set but listen_tls = plain (by default)\n");
 	expect_error(SVC "listen_tls = starttls\n",
 	    "t.conf:4: listen_tls = starttls needs listen_cert\n");
 	expect_error(SVC "listen_tls = implicit\n",
@@ -639,17 +650,17 @@ static void test_certs(void)
 	cfg = service_kv("upstream_tls = implicit\nupstream_cert = /uc.pem");
 	CHECK(cfg && !strcmp(cfg->services[0].upstream_key, "/uc.pem"));
 	config_free(cfg);
-	expect_error(SVC "upstream_key = /uk\n",
-	    "t.conf:4: upstream_key is set but upstream_cert is not\n");
+	expect_error(SVC "upstream_tls = starttls\nupstream_key = /uk\n",
+	    "t.conf:5: upstream_key is set but upstream_cert is not\n");
 }
 
 static void test_unbuilt(void)
 {
 	static const struct { const char *text, *want; } refused[] = {
-		{ SVC "upstream_verify = dane\n",
-		  "t.conf:4: upstream_verify = dane is not supported in this build\n" },
-		{ SVC "upstream_verify = dane-only\n",
-		  "t.conf:4: upstream_verify = dane-only is not supported" },
+		{ SVC "upstream_tls = starttls\nupstream_verify = dane\n",
+		  "t.conf:5: upstream_verify = dane is not supported in this build\n" },
+		{ SVC "upstream_tls = starttls\nupstream_verify = dane-only\n",
+		  "t.conf:5: upstream_verify = dane-only is not supported" },
 		{ SVC "upstream_xclient = yes\n",
 		  "t.conf:4: upstream_xclient = yes is not supported" },
 		{ "[global]\nmetrics = 127.0.0.1:9465\n" SVC,
@@ -711,8 +722,9 @@ static void test_many_errors(void)
 	CHECK(parse("[global]\nworkers = 0\nlog = x\nbogus = 1\n"
 	    "[s]\nlisten = 1.2.3.4:0\nupstream = u\ntimeout_idle = 0\n"
 	    "upstream_verify = dane\n") == NULL);
-	CHECK_EQ(nerr, 7);
-	CHECK_EQ(count_lines(errs), 7);
+	/* upstream_verify is refused twice: unbuilt, and ignored on plain. */
+	CHECK_EQ(nerr, 8);
+	CHECK_EQ(count_lines(errs), 8);
 	CHECK(errs && strstr(errs, "t.conf:2: bad value '0' for workers"));
 	CHECK(errs && strstr(errs, "t.conf:3: bad value 'x' for log"));
 	CHECK(errs && strstr(errs, "t.conf:4: unknown key 'bogus'"));
@@ -804,6 +816,15 @@ static void test_load(void)
 	}
 	config_free(cfg);
 
+	/* A FIFO is refused, and never opened (that would block). */
+	snprintf(path, sizeof path, "%s/15-fifo.conf", dir);
+	CHECK_EQ(mkfifo(path, 0600), 0);
+	cfg = load(dir);
+	CHECK(cfg == NULL);
+	snprintf(want, sizeof want, "%s: not a regular file\n", path);
+	CHECK_STR(errs, want);
+	unlink(path);
+
 	put(dir, "30-bad.conf", "[beta]\nlisten = 127.0.0.1:25\nupstream = b:25\n"
 	    "listn = 1\n");
 	cfg = load(dir);
@@ -833,6 +854,109 @@ static void test_load(void)
 	CHECK_STR(errs, want);
 }
 
+/* A key the chosen mode would ignore is refused, at its own line. */
+static void test_ignored(void)
+{
+	static const struct { const char *text, *want; } refused[] = {
+		{ SVC "upstream_pin = " PIN "\n",
+		  "t.conf:4: upstream_pin is set but upstream_tls = plain (by default)\n" },
+		{ SVC "upstream_tls = plain\nupstream_ca = /ca.pem\n",
+		  "t.conf:5: upstream_ca is set but upstream_tls = plain\n" },
+		{ SVC "upstream_verify = encrypt\n",
+		  "t.conf:4: upstream_verify is set but upstream_tls = plain" },
+		{ SVC "upstream_name = mx.example\n",
+		  "t.conf:4: upstream_name is set but upstream_tls = plain" },
+		{ SVC "upstream_cert = /c.pem\n",
+		  "t.conf:4: upstream_cert is set but upstream_tls = plain" },
+		{ SVC "upstream_ciphers = ECDHE+AESGCM\n",
+		  "t.conf:4: upstream_ciphers is set but upstream_tls = plain" },
+		{ SVC "upstream_min_version = TLSv1.3\n",
+		  "t.conf:4: upstream_min_version is set but upstream_tls = plain" },
+		{ SVC "listen_client_ca = /ca.pem\n",
+		  "t.conf:4: listen_client_ca is set but listen_tls = plain (by default)\n" },
+		{ SVC "listen_plain_from = any\n",
+		  "t.conf:4: listen_plain_from is set but listen_tls = plain (by default): "
+		  "a plain listener lets everyone send without TLS\n" },
+		{ SVC "listen_ciphers = ECDHE+AESGCM\n",
+		  "t.conf:4: listen_ciphers is set but listen_tls = plain" },
+		{ SVC "listen_min_version = TLSv1.3\n",
+		  "t.conf:4: listen_min_version is set but listen_tls = plain" },
+		{ SVC "listen_tls = implicit\nlisten_cert = /c\n"
+		  "listen_plain_from = 127.0.0.1\n",
+		  "t.conf:6: listen_plain_from is set but listen_tls = implicit: "
+		  "an implicit listener has no plaintext phase\n" },
+		{ SVC "upstream_tls = implicit\nupstream_verify = encrypt\n"
+		  "upstream_ca = /ca.pem\n",
+		  "t.conf:6: upstream_ca is set but upstream_verify = encrypt: "
+		  "no certificate is checked\n" },
+		{ SVC "upstream_tls = implicit\nupstream_name = mx.example\n"
+		  "upstream_verify = encrypt\n",
+		  "t.conf:5: upstream_name is set but upstream_verify = encrypt" },
+		{ SVC "listen_tls = implicit\nlisten_cert = /c\n"
+		  "listen_min_version = TLSv1.3\nlisten_ciphers = ECDHE+AESGCM\n",
+		  "t.conf:7: listen_ciphers is set but listen_min_version = TLSv1.3: "
+		  "the list is of TLS 1.2 suites\n" },
+		{ "[global]\ntls_min_version = TLSv1.3\n" SVC
+		  "upstream_tls = starttls\nupstream_ciphers = ECDHE+AESGCM\n",
+		  "t.conf:7: upstream_ciphers is set but upstream_min_version = "
+		  "TLSv1.3 (by default)" },
+	};
+	struct config *cfg;
+	const char *file;
+	int line;
+
+	for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
+		expect_error(refused[i].text, refused[i].want);
+	/* Both halves of a pair are at fault on a plain listener. */
+	CHECK(parse(SVC "listen_cert = /c\nlisten_key = /k\n") == NULL);
+	CHECK_EQ(nerr, 2);
+	CHECK(errs && strstr(errs, "t.conf:5: listen_key is set but listen_tls"));
+	/* The same keys are fine where they mean something. */
+	cfg = service_tls_kv("listen_plain_from = any\nlisten_client_ca = /ca\n"
+	    "listen_ciphers = ECDHE+AESGCM\nlisten_min_version = TLSv1.2\n"
+	    "upstream_verify = verify\nupstream_ca = /ca\nupstream_name = mx\n"
+	    "upstream_pin = " PIN "\nupstream_cert = /uc\nupstream_key = /uk\n"
+	    "upstream_ciphers = ECDHE+AESGCM\nupstream_min_version = TLSv1.2");
+	CHECK(cfg != NULL);
+	config_free(cfg);
+	cfg = service_tls_kv("upstream_verify = encrypt\nupstream_pin = " PIN);
+	CHECK(cfg != NULL);
+	config_free(cfg);
+	/* A global default no hop takes is refused too. */
+	expect_error("[global]\ntls_min_version = TLSv1.3\n" SVC,
+	    "t.conf:2: tls_min_version is set but no TLS hop takes it");
+	cfg = parse("[global]\ntls_min_version = TLSv1.3\n" SVC "upstream_tls = starttls\n");
+	CHECK(cfg && cfg->services[0].upstream_min_version == CONFIG_TLS13);
+	config_free(cfg);
+	/* A bad mode is reported once, not again as "ignored". */
+	expect_error(SVC "upstream_tls = tls\nupstream_ca = /ca\n",
+	    "t.conf:4: bad value 'tls' for upstream_tls");
+
+	/* Where a key was set, for the messages of the TLS file checks. */
+	cfg = parse("[global]\nworkers = 2\n" SVC "listen_tls = implicit\n"
+	    "listen_cert = /a.pem\nlisten_key = /a.key\nlisten_cert = /b.pem\n"
+	    "upstream_tls = implicit\nupstream_cert = /u.pem\n");
+	CHECK(cfg != NULL);
+	if (!cfg)
+		return;
+	CHECK(config_key_where(cfg, &cfg->services[0], "listen_cert", 1, &file, &line));
+	CHECK_STR(file, "t.conf");
+	CHECK_EQ(line, 9);
+	CHECK(config_key_where(cfg, &cfg->services[0], "listen_key", 0, &file, &line));
+	CHECK_EQ(line, 8);
+	/* A key that defaults to its cert's file is at the cert's line. */
+	CHECK(config_key_where(cfg, &cfg->services[0], "listen_key", 1, &file, &line));
+	CHECK_EQ(line, 9);
+	CHECK(config_key_where(cfg, &cfg->services[0], "upstream_cert", 0, &file, &line));
+	CHECK_EQ(line, 11);
+	CHECK(!config_key_where(cfg, &cfg->services[0], "upstream_ca", 0, &file, &line));
+	CHECK_EQ(line, 3);
+	CHECK(config_key_where(cfg, NULL, "workers", 0, &file, &line));
+	CHECK_EQ(line, 2);
+	CHECK(!config_key_where(cfg, NULL, "nonsense", 0, &file, &line));
+	config_free(cfg);
+}
+
 int main(void)
 {
 	test_defaults();
@@ -849,6 +973,7 @@ int main(void)
 	test_required();
 	test_certs();
 	test_unbuilt();
+	test_ignored();
 	test_many_errors();
 	test_listen_unique();
 	test_load();
