@@ -25,9 +25,9 @@ BIN      := mailshim
 endif
 
 # Modules with no I/O: unit-tested and fuzzed alone.
-PURE     := buf config smtp proxy
+PURE     := buf config smtp proxy reason
 # The rest: sockets, TLS, events.
-IO       := main listener conn endpoint relay tls log
+IO       := main listener conn endpoint relay tls log handshake proxyin upsetup
 OBJS     := $(addprefix $(B)/,$(addsuffix .o,$(PURE) $(IO)))
 UNIT     := $(patsubst tests/unit/%.c,$(B)/unit/%,$(wildcard tests/unit/test_*.c))
 

@@ -19,6 +19,7 @@ void ep_init(struct endpoint *e, int fd)
 	e->rd_wait = e->wr_wait = e->armed = 0;
 	e->shut = false;
 	e->err = 0;
+	e->peer_version = 0;
 }
 
 /* Map a TLS failure: which event to wait for, or EOF/error. */

@@ -28,6 +28,7 @@ struct endpoint {
 	uint8_t armed;          /* events the watcher has now */
 	bool shut;              /* our write side is shut down */
 	int err;                /* errno of the last failure, for the log */
+	uint16_t peer_version;  /* highest TLS version the peer's hello offered */
 	ev_io io;
 };
 

@@ -156,6 +156,21 @@ int proxy_parse(const uint8_t *p, size_t len, struct proxy_info *out)
 	return k < 6 ? 0 : parse_v1(p, len, out);
 }
 
+size_t proxy_want(const uint8_t *p, size_t len)
+{
+	size_t k = len < sizeof(v2sig) ? len : sizeof(v2sig);
+
+	if (memcmp(p, v2sig, k) == 0) {
+		if (len < PROXY_V2_FIXED)
+			return PROXY_V2_FIXED;
+		return PROXY_V2_FIXED + ((size_t)p[14] << 8 | p[15]);
+	}
+	k = len < 6 ? len : 6;
+	if (memcmp(p, "PROXY ", k) == 0)
+		return PROXY_V1_MAX;
+	return 0;
+}
+
 static size_t build_v1(const struct sockaddr *src, const struct sockaddr *dst,
     uint8_t *out, size_t cap)
 {
