@@ -985,8 +985,10 @@ static int conn_timeout(struct conn *c)
 	case PH_RELAY:
 		if (c->cl_state != CL_READY)
 			return close_now(c, R_CL_HANDSHAKE_TIMEOUT, NULL);
+		/* Half a reply went out: nothing of the shim's may follow it. */
 		if (reply_owed(c))
-			return fail_now(c, R_REPLY_TIMEOUT, NULL);
+			return c->smtp.reply_code != 0 ? close_now(c, R_REPLY_TIMEOUT, NULL) :
+			    fail_now(c, R_REPLY_TIMEOUT, NULL);
 		return close_now(c, R_IDLE_TIMEOUT, NULL);
 	default:
 		return close_now(c, c->why, c->detail);
