@@ -168,8 +168,12 @@ static int version_fail(struct endpoint *e, bool upstream, int min_version, stru
 {
 	char words[120];
 
-	if (e->peer_version == 0 || e->peer_version >= (unsigned)min_version)
-		return fail_set(f, upstream ? R_UP_TLS_VERSION : R_CL_TLS_VERSION, NULL);
+	if (e->peer_version == 0 || e->peer_version >= (unsigned)min_version) {
+		/* The peer said no without naming its own version (an alert). */
+		snprintf(words, sizeof(words), "%s no TLS version the policy allows; minimum is %s",
+		    upstream ? "upstream offers" : "client offered", version_name((unsigned)min_version));
+		return fail_set(f, upstream ? R_UP_TLS_VERSION : R_CL_TLS_VERSION, words);
+	}
 	snprintf(words, sizeof(words), "%s at most %s; minimum is %s",
 	    upstream ? "upstream offers" : "client offered",
 	    version_name(e->peer_version), version_name((unsigned)min_version));

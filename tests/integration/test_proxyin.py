@@ -34,8 +34,9 @@ def proxied_shim(make_shim, smtp_sink, ports, pki, listen_tls="plain", **extra):
     sink = smtp_sink()
     port = ports.get()
     extra.setdefault("proxy_from", "127.0.0.1/32")
+    extra.setdefault("timeout_handshake", "5s")
     shim = make_shim({"lb": service(port, sink.port, listen_tls, "plain", pki,
-                                    proxy_protocol="yes", timeout_handshake="5s", **extra)})
+                                    proxy_protocol="yes", **extra)})
     return shim, port
 
 
@@ -155,10 +156,10 @@ def test_header_in_pieces(make_shim, smtp_sink, ports, pki):
     hdr = v2(tlv_bytes=5000)
     with connect(port) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for i in (0, 5, 12, 15, 16, 100, 4000):
-            s.sendall(hdr[i:{0: 5, 5: 12, 12: 15, 15: 16, 16: 100, 100: 4000}.get(i, len(hdr))])
+        cuts = [0, 5, 12, 15, 16, 100, 4000, len(hdr)]
+        for a, b in zip(cuts, cuts[1:]):
+            s.sendall(hdr[a:b])
             time.sleep(0.05)
-        s.sendall(hdr[4000:])
         session(s)
     d = shim.wait_log()[0]
     assert d["result"] == "ok" and d["client"] == "198.51.100.7:40000", d["_line"]

@@ -32,9 +32,10 @@ def cpu_seconds(pid):
 
 
 def worker_pid(shim):
+    """With workers = 1 the process may run its loop itself."""
     kids = [p for p in shim.pids() if p != shim.pid]
-    assert len(kids) == 1, kids
-    return kids[0]
+    assert len(kids) <= 1, kids
+    return kids[0] if kids else shim.pid
 
 
 def cpu_over(shim, seconds):
@@ -253,8 +254,33 @@ def test_upstream_old_tls_version_is_refused_in_plain_words(make_shim, procs, po
     with SmtpConn(port) as c:
         data, closed = c.read_until_closed(10)
     assert data.startswith(b"421 4.7.0"), data
-    d = refused(shim, "upstream offers at most TLSv1.1; minimum is TLSv1.2")
+    # A modern server that stops at TLS 1.1 answers with an alert, never
+    # with its version: the words say what the policy wanted.
+    d = refused(shim, "upstream offers no TLS version the policy allows; minimum is TLSv1.2")
     assert d["upstream_auth"] == "none", d["_line"]
+
+
+def old_server_hello(conn, server):
+    """Answer a ClientHello as a server that knows no TLS above 1.1 and
+    ignores supported_versions: a ServerHello of version TLS 1.1."""
+    conn.settimeout(5)
+    try:
+        conn.recv(65536)
+        body = b"\x03\x02" + b"\x11" * 32 + b"\x00" + b"\xc0\x13" + b"\x00"
+        msg = b"\x02" + len(body).to_bytes(3, "big") + body
+        conn.sendall(b"\x16\x03\x02" + len(msg).to_bytes(2, "big") + msg)
+        conn.recv(65536)
+    except OSError:
+        pass
+
+
+def test_upstream_answering_tls11_is_refused_with_its_version(make_shim, raw_server, ports, pki):
+    up = raw_server(old_server_hello)
+    shim, port = one_service(make_shim, ports, pki, up.port, upstream="implicit")
+    with SmtpConn(port) as c:
+        data, closed = c.read_until_closed(10)
+    assert data.startswith(b"421 4.7.0"), data
+    refused(shim, "upstream offers at most TLSv1.1; minimum is TLSv1.2")
 
 
 def socket_open(port):
@@ -338,7 +364,8 @@ def test_sessions_flow_while_stderr_is_a_pipe_nobody_reads(smtp_sink, ports, pki
         os.set_blocking(rfd, False)
         got = b""
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and b"lines dropped" not in got:
+        while (time.monotonic() < deadline and b"lines dropped" not in got
+               and len(re.findall(rb"result=ok", got)) < 201):
             try:
                 chunk = os.read(rfd, 65536)
             except BlockingIOError:
@@ -347,7 +374,10 @@ def test_sessions_flow_while_stderr_is_a_pipe_nobody_reads(smtp_sink, ports, pki
             if not chunk:
                 break
             got += chunk
-        assert re.search(rb"log sink too slow: \d+ lines dropped", got), got[-2000:]
+        # Every line came out once the pipe was read, or the loss is said.
+        oks = len(re.findall(rb"result=ok", got))
+        assert oks >= 200 or re.search(rb"log sink too slow: \d+ lines dropped", got), \
+            (oks, got[-2000:])
     finally:
         p.send_signal(signal.SIGKILL)
         p.wait(5)
