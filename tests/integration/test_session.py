@@ -4,6 +4,7 @@ of the worker measured from /proc), the wait for an owed reply bounded by
 timeout_reply and not by timeout_idle, TLS policy refusals in plain words,
 a log sink that blocks, and the max_connections warning rate-limited."""
 
+import fcntl
 import os
 import re
 import signal
@@ -19,6 +20,7 @@ from harness import SmtpConn, s_client, service, wait_until
 from hostile import expect_line, read_until, send, sleep, stall
 
 CRLF = b"\r\n"
+F_SETPIPE_SZ = 1031
 
 
 # --------------------------------------------------------------------------
@@ -346,6 +348,8 @@ def test_sessions_flow_while_stderr_is_a_pipe_nobody_reads(smtp_sink, ports, pki
         "[global]\nworkers = 1\nhelo_name = shim.test\nlog = stderr\nlog_level = debug\n"
         "[svc]\nlisten = 127.0.0.1:%d\nupstream = 127.0.0.1:%d\n" % (port, sink.port))
     rfd, wfd = os.pipe()
+    # The smallest pipe the kernel allows: full after a dozen sessions.
+    fcntl.fcntl(wfd, F_SETPIPE_SZ, 4096)
     p = subprocess.Popen([mailshim_path, "-c", str(conf)], stdin=subprocess.DEVNULL,
                          stdout=subprocess.DEVNULL, stderr=wfd, start_new_session=True)
     os.close(wfd)
