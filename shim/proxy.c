@@ -55,9 +55,10 @@ static int parse_v1(const uint8_t *p, size_t len, struct proxy_info *out)
 	size_t n;
 	int fam, nf = 0;
 
-	lf = memchr(p, '\n', len < sizeof(line) ? len : sizeof(line));
+	/* The specification's limit: 107 bytes, CRLF included. */
+	lf = memchr(p, '\n', len < PROXY_V1_MAX ? len : PROXY_V1_MAX);
 	if (lf == NULL)
-		return len >= sizeof(line) - 1 ? -1 : 0;
+		return len >= PROXY_V1_MAX ? -1 : 0;
 	n = (size_t)(lf - p) + 1;
 	if (n < 8 || p[n - 2] != '\r')
 		return -1;
