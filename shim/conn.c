@@ -1086,7 +1086,7 @@ void conn_start(struct worker *w, struct svc_rt *svc, int fd,
 		w->live->prev = c;
 	w->live = c;
 	w->nconns++;
-	c->cl_state = CL_PROXY;
+	/* calloc: the client starts in CL_PROXY (reading a header or not). */
 	if ((s->proxy_protocol ? proxy_start(c) : client_known(c)) < 0)
 		return;
 	conn_step(c);
