@@ -10,7 +10,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <syslog.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -22,7 +21,13 @@ static enum log_dest log_to = LOG_STDERR;
 static enum log_level log_max = LEVEL_INFO;
 
 static const char *const level_names[] = { "error", "warn", "info", "debug" };
-static const int level_prio[] = { LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG };
+/*
+ * Syslog priorities (RFC 5424: facility mail = 2, severities 3, 4, 6, 7).
+ * <syslog.h> is not included: its LOG_SYSLOG macro (a facility) would
+ * shadow config.h's enum value of the same name.
+ */
+#define FACILITY_MAIL (2 << 3)
+static const int level_prio[] = { 3, 4, 6, 7 };
 
 /* The sink: stderr (reopened non-blocking where it can block) or a
  * datagram socket to the syslog daemon. */
@@ -105,6 +110,9 @@ static int emit(const char *p, size_t n)
 {
 	ssize_t r;
 
+	/* The syslog daemon may start (or restart) after us. */
+	if (sink_fd < 0 && log_to == LOG_SYSLOG)
+		open_syslog();
 	if (sink_fd < 0)
 		return -1;
 	if (sink_sock)
@@ -118,6 +126,10 @@ static int emit(const char *p, size_t n)
 		return 0;
 	/* A short write to a pipe cannot happen for lines of at most
 	 * PIPE_BUF bytes; anything else is a sink that is gone. */
+	if (log_to == LOG_SYSLOG && sink_fd >= 0) {
+		close(sink_fd);
+		sink_fd = -1;
+	}
 	return -1;
 }
 
@@ -217,7 +229,7 @@ static size_t syslog_frame(int prio, char *out, size_t cap)
 
 	if (localtime_r(&now, &tm) != NULL)
 		strftime(stamp, sizeof(stamp), "%b %e %H:%M:%S", &tm);
-	n = snprintf(out, cap, "<%d>%s mailshim[%d]: ", LOG_MAIL | prio, stamp, (int)getpid());
+	n = snprintf(out, cap, "<%d>%s mailshim[%d]: ", FACILITY_MAIL | prio, stamp, (int)getpid());
 	return n > 0 && (size_t)n < cap ? (size_t)n : 0;
 }
 
