@@ -225,6 +225,8 @@ int hs_step(struct endpoint *e, bool upstream, int min_version, struct fail *f)
 		ERR_clear_error();
 		return r;
 	}
+	/* The callback sees every record: not wanted once the hellos are in. */
+	SSL_set_msg_callback(e->ssl, NULL);
 	e->rd_wait = e->wr_wait = 0;
 	return 1;
 }

@@ -43,6 +43,16 @@ static struct {
 	ev_io w;
 } q;
 
+/* The watcher must never outlive the descriptor it watches. */
+static void sink_close(void)
+{
+	if (q.loop != NULL && ev_is_active(&q.w))
+		ev_io_stop(q.loop, &q.w);
+	if (sink_fd > STDERR_FILENO)
+		close(sink_fd);
+	sink_fd = -1;
+}
+
 static void open_stderr(void)
 {
 	struct stat st;
@@ -84,8 +94,7 @@ static void open_syslog(void)
 void log_setup(enum log_dest dest, enum log_level level)
 {
 	if (sink_fd < 0 || dest != log_to) {
-		if (sink_fd > STDERR_FILENO)
-			close(sink_fd);
+		sink_close();
 		if (dest == LOG_SYSLOG)
 			open_syslog();
 		else
@@ -126,10 +135,8 @@ static int emit(const char *p, size_t n)
 		return 0;
 	/* A short write to a pipe cannot happen for lines of at most
 	 * PIPE_BUF bytes; anything else is a sink that is gone. */
-	if (log_to == LOG_SYSLOG && sink_fd >= 0) {
-		close(sink_fd);
-		sink_fd = -1;
-	}
+	if (log_to == LOG_SYSLOG)
+		sink_close();
 	return -1;
 }
 
