@@ -479,7 +479,7 @@ static int relay_enter(struct conn *c)
 
 	phase_enter(c, PH_RELAY);
 	set_deadline(c, c->svc->svc->timeout_idle_ms);
-	/* The greeting (or, without one read yet, the greeting) is owed. */
+	/* A plain upstream owes its greeting from now on. */
 	owe(c);
 	if (greeting != NULL) {
 		/* The banner was read before TLS; the client gets it now. */
@@ -496,8 +496,9 @@ static int client_known(struct conn *c)
 {
 	const struct service *s = c->svc->svc;
 
-	cl_enter(c, CL_READY);
-	if (s->listen_tls == MODE_IMPLICIT && client_tls_start(c) < 0)
+	if (s->listen_tls != MODE_IMPLICIT)
+		cl_enter(c, CL_READY);
+	else if (client_tls_start(c) < 0)
 		return GONE;
 	set_deadline(c, s->timeout_connect_ms);
 	return upstream_connect(c);
@@ -827,17 +828,6 @@ static int conn_turn(struct conn *c)
 
 /* ---- events ---- */
 
-static int want(struct endpoint *e, bool rd, bool wr)
-{
-	int ev = 0;
-
-	if (rd)
-		ev |= e->rd_wait ? e->rd_wait : EV_READ;
-	if (wr)
-		ev |= e->wr_wait ? e->wr_wait : EV_WRITE;
-	return ev;
-}
-
 /*
  * What the client's socket waits for. A write event is asked for only
  * when it can make progress: bytes to deliver, or an end to pass on that
@@ -849,20 +839,20 @@ static int cl_events(struct conn *c)
 	struct endpoint *e = &c->cl;
 
 	if (c->cl_state == CL_PROXY)
-		return want(e, true, false);
+		return ep_want(e, true, false);
 	if (c->cl_state == CL_HANDSHAKE)
-		return want(e, false, true);
+		return ep_want(e, false, true);
 	switch (c->phase) {
 	case PH_OPEN:
 		return 0;
 	case PH_FINAL:
-		return e->shut ? want(e, true, false) : want(e, false, true);
+		return e->shut ? ep_want(e, true, false) : ep_want(e, false, true);
 	default:
 		break;
 	}
 	if (c->cl_state == CL_STARTTLS)
-		return want(e, false, pump_approved(&c->u2c) > 0);
-	return want(e, pump_can_read(&c->c2u), pump_wants_write(&c->u2c, e, true));
+		return ep_want(e, false, pump_approved(&c->u2c) > 0);
+	return ep_want(e, pump_can_read(&c->c2u), pump_wants_write(&c->u2c, e, true));
 }
 
 static int up_events(struct conn *c)
@@ -872,13 +862,13 @@ static int up_events(struct conn *c)
 	switch (c->up_state) {
 	case UP_CONNECTING:
 	case UP_HANDSHAKE:
-		return want(e, false, true);
+		return ep_want(e, false, true);
 	case UP_SETUP:
-		return want(e, true, pump_approved(&c->c2u) > 0);
+		return ep_want(e, true, pump_approved(&c->c2u) > 0);
 	case UP_READY:
 		if (c->phase != PH_RELAY)
 			return 0;
-		return want(e, pump_can_read(&c->u2c),
+		return ep_want(e, pump_can_read(&c->u2c),
 		    pump_wants_write(&c->c2u, e, c->c2u_more));
 	default:
 		return 0;
@@ -918,23 +908,6 @@ static void conn_step(struct conn *c)
 	pump_trim(&c->c2u);
 	pump_trim(&c->u2c);
 	conn_arm(c);
-}
-
-/* An fd event clears what waited for it. */
-static void ep_ready(struct endpoint *e, int revents)
-{
-	if (revents & EV_READ) {
-		if (e->rd_wait == EV_READ)
-			e->rd_wait = 0;
-		if (e->wr_wait == EV_READ)
-			e->wr_wait = 0;
-	}
-	if (revents & EV_WRITE) {
-		if (e->rd_wait == EV_WRITE)
-			e->rd_wait = 0;
-		if (e->wr_wait == EV_WRITE)
-			e->wr_wait = 0;
-	}
 }
 
 static void cl_io_cb(struct ev_loop *loop, ev_io *io, int revents)
