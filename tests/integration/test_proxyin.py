@@ -48,20 +48,28 @@ def connect(port, source="127.0.0.1"):
     return s
 
 
+_pending = {}
+
+
 def read_reply(s, timeout=10):
+    """The next whole reply (bytes after it stay for the next call); b""
+    on EOF or timeout."""
     s.settimeout(timeout)
-    data = b""
+    data = _pending.pop(s, b"")
     while True:
+        lines = data.split(b"\r\n")
+        for i, line in enumerate(lines[:-1]):
+            if len(line) >= 4 and line[3:4] == b" ":
+                end = len(b"\r\n".join(lines[:i + 1])) + 2
+                _pending[s] = data[end:]
+                return data[:end]
         try:
             chunk = s.recv(65536)
         except (ConnectionResetError, socket.timeout):
-            return data
+            return b""
         if not chunk:
-            return data
+            return b""
         data += chunk
-        lines = data.split(b"\r\n")
-        if len(lines) > 1 and len(lines[-2]) >= 4 and lines[-2][3:4] == b" ":
-            return data
 
 
 def read_all(s, timeout=10):
