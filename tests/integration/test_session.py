@@ -410,3 +410,40 @@ def test_max_connections_warning_is_rate_limited(make_shim, fake_upstream, ports
     assert counted == refused_n, lines
     for c in held:
         c.close()
+
+
+def test_log_syslog_sends_to_dev_log(make_shim, smtp_sink, ports, pki):
+    """log = syslog: datagrams to /dev/log, facility mail. Runs only where
+    no syslog daemon owns /dev/log (the test stands in for one)."""
+    if os.path.exists("/dev/log"):
+        pytest.skip("/dev/log belongs to a running syslog daemon")
+    if os.geteuid() != 0:
+        pytest.skip("binding /dev/log needs root")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind("/dev/log")
+    except OSError as e:
+        pytest.skip("cannot bind /dev/log: %s" % e)
+    try:
+        sink = smtp_sink()
+        shim, port = one_service(make_shim, ports, pki, sink.port,
+                                 global_extra={"log": "syslog"})
+        with SmtpConn(port) as c:
+            assert c.reply()[0] == 220
+            assert c.cmd("QUIT")[0] == 221
+        sock.settimeout(5)
+        got = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any(b"result=ok" in g for g in got):
+            try:
+                got.append(sock.recv(4096))
+            except socket.timeout:
+                break
+        line = [g for g in got if b"result=ok" in g]
+        assert line, got
+        # <22> = facility mail (2) * 8 + info (6).
+        assert re.match(rb"<22>\w{3} [ \d]\d \d\d:\d\d:\d\d mailshim\[\d+\]: conn=", line[0]), line
+        assert "result=ok" not in shim.stderr_text()
+    finally:
+        sock.close()
+        os.unlink("/dev/log")
