@@ -31,9 +31,10 @@ BIN      := mailshim
 endif
 
 # Modules with no I/O: unit-tested and fuzzed alone.
-PURE     := buf config smtp proxy dane http metrics
+PURE     := buf config smtp proxy reason dane http metrics
 # The rest: sockets, TLS, events.
-IO       := main listener conn endpoint relay tls verify log dns upname
+IO       := main listener conn endpoint relay tls verify log dns upname \
+            handshake proxyin upsetup
 OBJS     := $(addprefix $(B)/,$(addsuffix .o,$(PURE) $(IO)))
 EV_O     := $(B)/ev.o
 # The DNS module's test driver (tests/dnstest/, run by test_dns.py).

@@ -3,7 +3,6 @@
 #include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stddef.h>
@@ -13,47 +12,43 @@
 #include <unistd.h>
 
 #include "endpoint.h"
+#include "handshake.h"
 #include "log.h"
 #include "proxy.h"
+#include "proxyin.h"
+#include "reason.h"
 #include "relay.h"
+#include "upsetup.h"
 
 #define CONN_MAGIC 0x6d73636eu
 #define GONE (-1)             /* the session was closed and freed */
 #define TURNS 16              /* turns per wake-up before others get theirs */
-
-/* Replies of the shim's own when a session cannot go on. */
-static const char reply_unavailable[] =
-    "421 4.4.1 Upstream mail server unavailable, try again later\r\n";
-static const char reply_timeout[] =
-    "421 4.4.2 Upstream mail server timed out, try again later\r\n";
-static const char reply_tls_failed[] =
-    "421 4.7.0 TLS to the upstream failed, try again later\r\n";
-static const char reply_internal[] =
-    "421 4.3.0 Temporary failure, try again later\r\n";
-static const char reply_no_fds[] =
-    "421 4.3.2 System resources exhausted, try again later\r\n";
-static const char reply_upstream_gone[] =
-    "421 4.4.2 Upstream mail server closed the connection\r\n";
 
 /* After the last reply: how long to read and drop what the client still
  * sends, so the close is a FIN and not a reset that could destroy the
  * reply on its way (ms). */
 #define LINGER_MS 2000
 
-enum cl_state { CL_HANDSHAKE, CL_READY, CL_STARTTLS, CL_PROXY };
-enum up_state { UP_CONNECTING, UP_SETUP, UP_HANDSHAKE, UP_READY, UP_GONE };
+/* Use the row's reply (NULL) or none at all (NO_REPLY). */
+static const char NO_REPLY[] = "";
+
+enum cl_state { CL_PROXY, CL_HANDSHAKE, CL_READY, CL_STARTTLS };
+enum up_state { UP_NONE, UP_CONNECTING, UP_SETUP, UP_HANDSHAKE, UP_READY, UP_GONE };
 enum phase { PH_OPEN, PH_RELAY, PH_FINAL };
-enum result { RES_OK, RES_REFUSED, RES_ERROR };
 
 static const char *const phase_names[] = { "open", "relay", "final" };
+static const char *const cl_names[] = { "proxy", "handshake", "ready", "starttls" };
+static const char *const up_names[] = { "none", "connecting", "setup", "handshake",
+	"ready", "gone" };
 static const char *const result_names[] = { "ok", "refused", "error" };
 
 struct conn {
 	uint32_t magic;
 	uint32_t id;
-	uint8_t phase, cl_state, up_state, result;
+	uint8_t phase, cl_state, up_state;
 	bool in_again;
 	bool c2u_more;                /* the client's last bytes: half a line */
+	enum reason why;              /* why the session is ending (FINAL) */
 	struct worker *w;
 	struct svc_rt *svc;
 	struct conn *prev, *next;     /* worker's list of live sessions */
@@ -61,12 +56,12 @@ struct conn {
 	struct endpoint cl, up;
 	struct pump c2u, u2c;
 	ev_timer timer;
-	ev_tstamp start, deadline;
-	char *reason;                 /* why the session is ending (FINAL) */
-	char *greeting;               /* upstream banner held during STARTTLS */
-	uint8_t *proxy;               /* PROXY header read so far (CL_PROXY) */
-	uint16_t proxy_len;
-	uint32_t greeting_len;
+	ev_tstamp start;
+	ev_tstamp deadline;           /* the phase's deadline; in RELAY, idle */
+	ev_tstamp owed_since;         /* RELAY: a reply is owed since then */
+	char *detail;                 /* words of the reason's own (FINAL) */
+	struct proxyin *pin;          /* CL_PROXY: the header being read */
+	struct upsetup setup;         /* UP_SETUP: the STARTTLS dialogue */
 	const char *cl_ver, *cl_cipher, *up_ver, *up_auth;
 	union {
 		struct sockaddr sa;
@@ -86,12 +81,32 @@ static struct conn *conn_of_timer(ev_timer *t)
 	return c;
 }
 
-static void enter(struct conn *c, enum phase ph)
+/* Every change of phase and of each hop's state goes through these, so
+ * log_level = debug traces a session's life. */
+static void phase_enter(struct conn *c, enum phase ph)
 {
 	if (log_enabled(LEVEL_DEBUG))
 		log_msg(LEVEL_DEBUG, "conn=%08x phase %s -> %s", c->id,
 		    phase_names[c->phase], phase_names[ph]);
 	c->phase = (uint8_t)ph;
+}
+
+static void cl_enter(struct conn *c, enum cl_state st)
+{
+	if (log_enabled(LEVEL_DEBUG))
+		log_msg(LEVEL_DEBUG, "conn=%08x client %s -> %s", c->id,
+		    cl_names[c->cl_state], cl_names[st]);
+	c->cl_state = (uint8_t)st;
+	c->cl.rd_wait = c->cl.wr_wait = 0;
+}
+
+static void up_enter(struct conn *c, enum up_state st)
+{
+	if (log_enabled(LEVEL_DEBUG))
+		log_msg(LEVEL_DEBUG, "conn=%08x upstream %s -> %s", c->id,
+		    up_names[c->up_state], up_names[st]);
+	c->up_state = (uint8_t)st;
+	c->up.rd_wait = c->up.wr_wait = 0;
 }
 
 static void set_deadline(struct conn *c, uint32_t ms)
@@ -107,6 +122,23 @@ static void touch(struct conn *c)
 	c->deadline = ev_now(c->w->loop) + c->svc->svc->timeout_idle_ms / 1000.0;
 }
 
+/*
+ * The upstream owes a reply from now on (or sent bytes, which restarts
+ * the wait): timeout_reply bounds the wait, not timeout_idle. The timer
+ * is moved only when the reply's deadline comes before its next expiry.
+ */
+static void owe(struct conn *c)
+{
+	struct ev_loop *loop = c->w->loop;
+	double reply = c->svc->svc->timeout_reply_ms / 1000.0;
+
+	c->owed_since = ev_now(loop);
+	if (reply < ev_timer_remaining(loop, &c->timer)) {
+		c->timer.repeat = reply;
+		ev_timer_again(loop, &c->timer);
+	}
+}
+
 static void peer_text(const struct conn *c, char *out, size_t len)
 {
 	char ip[INET6_ADDRSTRLEN] = "?";
@@ -120,22 +152,38 @@ static void peer_text(const struct conn *c, char *out, size_t len)
 	}
 }
 
-static void log_session(struct conn *c, enum result res, const char *reason)
+/* Log words are quoted: a double quote inside would end them early. */
+static void unquote(char *s)
 {
-	char line[1024], client[64];
+	for (; *s != '\0'; s++)
+		if (*s == '"' || *s == '\\' || *s == '\n' || *s == '\r')
+			*s = '\'';
+}
+
+static void log_session(struct conn *c, enum reason why, const char *detail)
+{
+	char line[1024], client[64], words[400] = "", code[64] = "";
+	enum result res = reason_result(why);
+	const char *rpt = reason_rpt(why);
 	int n;
 
 	peer_text(c, client, sizeof(client));
+	if (why != R_NONE) {
+		reason_format(why, detail, words, sizeof(words));
+		unquote(words);
+	}
+	if (rpt != NULL)
+		snprintf(code, sizeof(code), " reason_code=%s", rpt);
 	n = snprintf(line, sizeof(line),
 	    "conn=%08x service=%s client=%s listen_tls=%s listen_cipher=%s "
 	    "upstream=%s upstream_tls=%s upstream_auth=%s bytes_in=%llu "
-	    "bytes_out=%llu ms=%lld result=%s%s%s%s",
+	    "bytes_out=%llu ms=%lld result=%s%s%s%s%s",
 	    c->id, c->svc->svc->name, client, c->cl_ver, c->cl_cipher,
 	    c->svc->up_text, c->up_ver, c->up_auth,
 	    (unsigned long long)c->c2u.in, (unsigned long long)c->u2c.out,
 	    (long long)((ev_now(c->w->loop) - c->start) * 1000.0),
-	    result_names[res], reason ? " reason=\"" : "", reason ? reason : "",
-	    reason ? "\"" : "");
+	    result_names[res], why != R_NONE ? " reason=\"" : "", words,
+	    why != R_NONE ? "\"" : "", code);
 	if (n > 0)
 		log_line(LEVEL_INFO, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
 }
@@ -154,11 +202,11 @@ static void again_remove(struct conn *c)
 }
 
 /* The one way out: log, release everything, let the listener resume. */
-static int conn_close(struct conn *c, enum result res, const char *reason)
+static int conn_close(struct conn *c, enum reason why, const char *detail)
 {
 	struct worker *w = c->w;
 
-	log_session(c, res, reason);
+	log_session(c, why, detail);
 	ep_close(&c->cl, w->loop);
 	ep_close(&c->up, w->loop);
 	pump_free(&c->c2u);
@@ -172,9 +220,12 @@ static int conn_close(struct conn *c, enum result res, const char *reason)
 		w->live = c->next;
 	if (c->next != NULL)
 		c->next->prev = c->prev;
-	free(c->greeting);
-	free(c->reason);
-	free(c->proxy);
+	upsetup_free(&c->setup);
+	if (c->pin != NULL) {
+		proxyin_free(c->pin);
+		free(c->pin);
+	}
+	free(c->detail);
 	if (--c->svc->gen->refs == 0 && c->svc->gen->retired)
 		generation_free(c->svc->gen);
 	c->magic = 0;
@@ -185,54 +236,85 @@ static int conn_close(struct conn *c, enum result res, const char *reason)
 	return GONE;
 }
 
+static int close_fail(struct conn *c, const struct fail *f)
+{
+	return conn_close(c, f->why, f->detail);
+}
+
 /*
- * The upstream hop failed or broke the policy: drop it, tell the client
- * (after its own handshake on implicit listeners) and close.
+ * The session cannot go on: drop the upstream, tell the client (after its
+ * own handshake on implicit listeners) and close once that is out.
  */
-static int conn_fail(struct conn *c, enum result res, const char *reason,
-    const char *reply)
+static int conn_fail(struct conn *c, const struct fail *f)
 {
 	struct pump *p = &c->u2c;
+	const char *reply = f->reply != NULL ? f->reply : reason_reply(f->why);
 
 	if (c->cl_state == CL_STARTTLS || (c->phase == PH_RELAY && c->cl_state != CL_READY))
-		return conn_close(c, res, reason);
+		return close_fail(c, f);
 	ep_close(&c->up, c->w->loop);
-	c->up_state = UP_GONE;
+	up_enter(c, UP_GONE);
 	if (pump_unseen(p) > 0)
 		buf_cut(p->b, pump_unseen(p));
-	if (reply != NULL && pump_insert(p, reply, strlen(reply)) < 0)
-		return conn_close(c, res, reason);
-	c->result = (uint8_t)res;
-	free(c->reason);
-	c->reason = reason ? strdup(reason) : NULL;
-	enter(c, PH_FINAL);
+	if (reply != NULL && *reply != '\0' && pump_insert(p, reply, strlen(reply)) < 0)
+		return close_fail(c, f);
+	c->why = f->why;
+	free(c->detail);
+	c->detail = f->detail[0] != '\0' ? strdup(f->detail) : NULL;
+	phase_enter(c, PH_FINAL);
 	set_deadline(c, c->svc->svc->timeout_handshake_ms);
 	return 1;
 }
 
+static int fail_now(struct conn *c, enum reason why, const char *detail)
+{
+	struct fail f;
+
+	fail_set(&f, why, detail);
+	return conn_fail(c, &f);
+}
+
+static int close_now(struct conn *c, enum reason why, const char *detail)
+{
+	return conn_close(c, why, detail);
+}
+
+/* An SMTP verdict that ends the session carries its own reply (or none). */
+static int fail_smtp(struct conn *c, enum reason why, const struct smtp_result *r)
+{
+	struct fail f;
+
+	fail_set(&f, why, r->reason);
+	f.reply = r->reply != NULL ? r->reply : NO_REPLY;
+	return conn_fail(c, &f);
+}
+
+/* ---- the listen hop ---- */
+
 static int client_handshake(struct conn *c)
 {
-	char why[200], reason[240];
-	int r;
+	struct fail f;
+	int r = hs_step(&c->cl, false, c->svc->svc->listen_min_version, &f);
 
-	if (c->cl.wr_wait)
-		return 0;
-	r = ep_handshake(&c->cl);
-	if (r == EP_AGAIN)
-		return 0;
-	if (r == EP_ERROR) {
-		snprintf(reason, sizeof(reason), "client %s",
-		    tls_handshake_error(c->cl.ssl, why, sizeof(why)));
-		return conn_close(c, RES_ERROR, reason);
-	}
-	c->cl_state = CL_READY;
+	if (r <= 0)
+		return r < 0 ? close_fail(c, &f) : 0;
 	c->cl_ver = tls_version(c->cl.ssl);
 	c->cl_cipher = tls_cipher(c->cl.ssl);
-	c->cl.rd_wait = c->cl.wr_wait = 0;
+	cl_enter(c, CL_READY);
 	if (c->phase == PH_RELAY) {
 		smtp_listen_tls_up(&c->smtp);
 		touch(c);
 	}
+	return 1;
+}
+
+static int client_tls_start(struct conn *c)
+{
+	c->cl.ssl = tls_new_listen(&c->svc->tls, c->cl.fd);
+	if (c->cl.ssl == NULL)
+		return close_now(c, R_CL_TLS_START, NULL);
+	hs_watch(&c->cl);
+	cl_enter(c, CL_HANDSHAKE);
 	return 1;
 }
 
@@ -241,22 +323,19 @@ static int client_starttls(struct conn *c)
 {
 	if (pump_approved(&c->u2c) > 0)
 		return 0;
-	c->cl.ssl = tls_new_listen(&c->svc->tls, c->cl.fd);
-	if (c->cl.ssl == NULL)
-		return conn_close(c, RES_ERROR, "cannot start TLS with the client");
-	c->cl_state = CL_HANDSHAKE;
-	c->cl.rd_wait = c->cl.wr_wait = 0;
 	set_deadline(c, c->svc->svc->timeout_handshake_ms);
-	return 1;
+	return client_tls_start(c);
 }
+
+/* ---- the upstream hop ---- */
 
 static int upstream_tls_start(struct conn *c)
 {
 	c->up.ssl = tls_new_upstream(&c->svc->tls, c->up.fd);
 	if (c->up.ssl == NULL)
-		return conn_fail(c, RES_ERROR, "cannot start TLS with the upstream", reply_internal);
-	c->up_state = UP_HANDSHAKE;
-	c->up.rd_wait = c->up.wr_wait = 0;
+		return fail_now(c, R_UP_TLS_START, NULL);
+	hs_watch(&c->up);
+	up_enter(c, UP_HANDSHAKE);
 	return 1;
 }
 
@@ -282,7 +361,6 @@ static int send_proxy(struct conn *c)
 
 static int upstream_connected(struct conn *c)
 {
-	char reason[200];
 	int err = 0;
 	socklen_t len = sizeof(err);
 
@@ -290,129 +368,66 @@ static int upstream_connected(struct conn *c)
 		return 0;
 	if (getsockopt(c->up.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
 		err = errno;
-	if (err != 0) {
-		snprintf(reason, sizeof(reason), "upstream connect failed: %s", strerror(err));
-		return conn_fail(c, RES_ERROR, reason, reply_unavailable);
-	}
+	if (err != 0)
+		return fail_now(c, R_UP_CONNECT, strerror(err));
 	set_deadline(c, c->svc->svc->timeout_handshake_ms);
 	if (c->svc->svc->upstream_proxy_protocol != PROXY_NO && send_proxy(c) < 0)
-		return conn_fail(c, RES_ERROR, "cannot send the PROXY header upstream", reply_unavailable);
+		return fail_now(c, R_UP_PROXY_SEND, NULL);
 	switch (c->svc->svc->upstream_tls) {
 	case MODE_PLAIN:
-		c->up_state = UP_READY;
+		up_enter(c, UP_READY);
 		return 1;
 	case MODE_IMPLICIT:
 		return upstream_tls_start(c);
 	default:
-		c->up_state = UP_SETUP;
-		c->up.rd_wait = 0;
+		up_enter(c, UP_SETUP);
 		return 1;
 	}
 }
 
-static int upstream_handshake(struct conn *c)
+/* The upstream's chain passed the library's checks; now the pins. */
+static int upstream_checked(struct conn *c)
 {
 	const char *why, *auth;
-	char buf[200], reason[240];
-	int r;
 
-	if (c->up.wr_wait)
-		return 0;
-	r = ep_handshake(&c->up);
-	if (r == EP_AGAIN)
-		return 0;
-	if (r == EP_ERROR) {
-		snprintf(reason, sizeof(reason), "upstream %s",
-		    tls_handshake_error(c->up.ssl, buf, sizeof(buf)));
-		return conn_fail(c, RES_REFUSED, reason, reply_tls_failed);
-	}
 	why = tls_check_upstream(c->up.ssl, c->svc->svc, &auth);
 	if (why != NULL)
-		return conn_fail(c, RES_REFUSED, why, reply_tls_failed);
+		return strstr(why, "upstream_pin") != NULL ? fail_now(c, R_UP_PIN, NULL) :
+		    fail_now(c, R_UP_CERT_INVALID, why);
 	c->up_ver = tls_version(c->up.ssl);
 	c->up_auth = auth;
-	c->up_state = UP_READY;
-	c->up.rd_wait = c->up.wr_wait = 0;
+	up_enter(c, UP_READY);
 	if (c->svc->svc->upstream_tls == MODE_STARTTLS)
 		smtp_upstream_tls_up(&c->smtp);
 	return 1;
 }
 
-static uint8_t *unseen_at(struct pump *p)
+static int upstream_handshake(struct conn *c)
 {
-	return p->b->data + p->b->off + p->b->fwd;
+	struct fail f;
+	int r = hs_step(&c->up, true, c->svc->svc->upstream_min_version, &f);
+
+	if (r <= 0)
+		return r < 0 ? conn_fail(c, &f) : 0;
+	return upstream_checked(c);
 }
 
-/* One verdict of the upstream STARTTLS dialogue. */
-static int setup_verdict(struct conn *c, struct smtp_result r)
+static int upstream_setup(struct conn *c)
 {
-	static const char starttls[] = "STARTTLS\r\n";
-	struct pump *p = &c->u2c;
+	struct upsetup_io io = { &c->up, &c->c2u, &c->u2c, &c->smtp,
+		c->svc->ehlo, c->svc->ehlo_len };
+	struct fail f;
 
-	switch (r.v) {
-	case SMTP_SEND_EHLO:
-		free(c->greeting);
-		c->greeting = malloc(r.n);
-		if (c->greeting == NULL)
-			return conn_fail(c, RES_ERROR, "out of memory", reply_internal);
-		memcpy(c->greeting, unseen_at(p), r.n);
-		c->greeting_len = (uint32_t)r.n;
-		buf_cut(p->b, r.n);
-		return pump_insert(&c->c2u, c->svc->ehlo, c->svc->ehlo_len) < 0 ?
-		    conn_fail(c, RES_ERROR, "out of memory", reply_internal) : 1;
-	case SMTP_SEND_STARTTLS:
-		buf_cut(p->b, r.n);
-		return pump_insert(&c->c2u, starttls, sizeof(starttls) - 1) < 0 ?
-		    conn_fail(c, RES_ERROR, "out of memory", reply_internal) : 1;
-	case SMTP_START_TLS:
-		buf_cut(p->b, r.n);
-		if (pump_unseen(p) > 0 || pump_approved(&c->c2u) > 0)
-			return conn_fail(c, RES_REFUSED,
-			    "upstream sent data after its STARTTLS 220 (injection)", reply_tls_failed);
-		pump_free(p);
+	switch (upsetup_turn(&c->setup, &io, &f)) {
+	case UPSETUP_FAIL:
+		return conn_fail(c, &f);
+	case UPSETUP_TLS:
 		return upstream_tls_start(c);
-	case SMTP_REFUSE:
-		return conn_fail(c, RES_REFUSED, r.reason, reply_tls_failed);
-	case SMTP_CLOSE:
-		return conn_fail(c, RES_ERROR, r.reason, reply_unavailable);
+	case UPSETUP_MOVED:
+		return 1;
 	default:
 		return 0;
 	}
-}
-
-/* Upstream STARTTLS: greeting, EHLO, STARTTLS, 220; then the handshake. */
-static int upstream_setup(struct conn *c)
-{
-	int progress = 0, r;
-
-	r = pump_write(&c->c2u, &c->up);
-	if (r == PUMP_ERROR)
-		return conn_fail(c, RES_ERROR, "upstream connection lost during STARTTLS", reply_unavailable);
-	progress |= r > 0;
-	r = pump_read(&c->u2c, &c->up);
-	if (r == PUMP_NOMEM)
-		return conn_fail(c, RES_ERROR, "out of memory for a relay buffer", reply_internal);
-	if (r == PUMP_ERROR)
-		return conn_fail(c, RES_ERROR, "upstream connection lost during STARTTLS", reply_unavailable);
-	progress |= r > 0;
-	while (c->up_state == UP_SETUP && pump_unseen(&c->u2c) > 0) {
-		struct smtp_result v = smtp_setup(&c->smtp, unseen_at(&c->u2c),
-		    pump_unseen(&c->u2c));
-		if (v.v == SMTP_MORE)
-			break;
-		r = setup_verdict(c, v);
-		if (r <= 0 || c->phase != PH_OPEN)
-			return r;
-		progress = 1;
-	}
-	if (c->up_state == UP_SETUP && c->u2c.eof)
-		return conn_fail(c, RES_ERROR, "upstream closed the connection during STARTTLS", reply_unavailable);
-	if (c->up_state == UP_SETUP && pump_approved(&c->c2u) > 0) {
-		r = pump_write(&c->c2u, &c->up);
-		if (r == PUMP_ERROR)
-			return conn_fail(c, RES_ERROR, "upstream connection lost during STARTTLS", reply_unavailable);
-	}
-	return progress;
 }
 
 static int upstream_turn(struct conn *c)
@@ -429,74 +444,84 @@ static int upstream_turn(struct conn *c)
 	}
 }
 
-static int relay_enter(struct conn *c)
+static void cl_io_cb(struct ev_loop *loop, ev_io *io, int revents);
+static void up_io_cb(struct ev_loop *loop, ev_io *io, int revents);
+
+static int upstream_connect(struct conn *c)
 {
-	enter(c, PH_RELAY);
-	set_deadline(c, c->svc->svc->timeout_idle_ms);
-	if (c->greeting != NULL) {
-		/* The banner was read before TLS; the client gets it now. */
-		if (pump_insert(&c->u2c, c->greeting, c->greeting_len) < 0)
-			return conn_fail(c, RES_ERROR, "out of memory", reply_internal);
-		free(c->greeting);
-		c->greeting = NULL;
+	const struct svc_rt *svc = c->svc;
+	int fd, one = 1;
+
+	fd = socket(svc->up_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		int e = errno;
+		/* Out of descriptors is the shim's own limit, not the upstream's. */
+		return fail_now(c, e == EMFILE || e == ENFILE ? R_NO_FDS : R_UP_SOCKET,
+		    strerror(e));
+	}
+	ep_init(&c->up, fd);
+	ev_init(&c->up.io, up_io_cb);
+	/* SMTP is a dialogue of short lines: no Nagle delay on replies. */
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	up_enter(c, UP_CONNECTING);
+	if (connect(fd, (const struct sockaddr *)&svc->up_addr, svc->up_len) < 0) {
+		if (errno != EINPROGRESS)
+			return fail_now(c, R_UP_CONNECT, strerror(errno));
+		c->up.wr_wait = EV_WRITE;
 	}
 	return 1;
 }
 
-static int upstream_connect(struct conn *c);
+static int relay_enter(struct conn *c)
+{
+	uint32_t len;
+	char *greeting = upsetup_take_greeting(&c->setup, &len);
+
+	phase_enter(c, PH_RELAY);
+	set_deadline(c, c->svc->svc->timeout_idle_ms);
+	/* A plain upstream owes its greeting from now on. */
+	owe(c);
+	if (greeting != NULL) {
+		/* The banner was read before TLS; the client gets it now. */
+		int r = pump_insert(&c->u2c, greeting, len);
+		free(greeting);
+		if (r < 0)
+			return fail_now(c, R_NO_MEMORY, NULL);
+	}
+	return 1;
+}
 
 /* The client's side is known: start TLS with it (implicit) and connect. */
 static int client_known(struct conn *c)
 {
 	const struct service *s = c->svc->svc;
 
-	c->cl_state = CL_READY;
-	c->cl.rd_wait = c->cl.wr_wait = 0;
-	if (s->listen_tls == MODE_IMPLICIT) {
-		c->cl.ssl = tls_new_listen(&c->svc->tls, c->cl.fd);
-		if (c->cl.ssl == NULL)
-			return conn_close(c, RES_ERROR, "cannot start TLS with the client");
-		c->cl_state = CL_HANDSHAKE;
-	}
+	if (s->listen_tls != MODE_IMPLICIT)
+		cl_enter(c, CL_READY);
+	else if (client_tls_start(c) < 0)
+		return GONE;
 	set_deadline(c, s->timeout_connect_ms);
 	return upstream_connect(c);
 }
 
-/*
- * A PROXY header from a load balancer comes first. Peek, then take exactly
- * the header's bytes, so what follows (a TLS ClientHello, say) stays in
- * the socket for whoever reads next. While the header is incomplete every
- * byte seen belongs to it, so those are taken too (no busy loop on a peek).
- */
+/* A PROXY header from a load balancer comes first. */
 static int proxy_turn(struct conn *c)
 {
 	struct proxy_info pi;
-	ssize_t n;
+	struct fail f;
 	int r;
 
 	if (c->cl.rd_wait)
 		return 0;
-	if (c->proxy == NULL && (c->proxy = malloc(PROXY_MAX)) == NULL)
-		return conn_close(c, RES_ERROR, "out of memory");
-	n = recv(c->cl.fd, c->proxy + c->proxy_len, PROXY_MAX - c->proxy_len, MSG_PEEK);
-	if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+	r = proxyin_read(c->pin, c->cl.fd, &pi, &f);
+	if (r == PROXYIN_AGAIN) {
 		c->cl.rd_wait = EV_READ;
 		return 0;
 	}
-	if (n <= 0)
-		return conn_close(c, RES_ERROR, "client left before its PROXY header");
-	r = proxy_parse(c->proxy, c->proxy_len + (size_t)n, &pi);
-	if (r < 0)
-		return conn_close(c, RES_REFUSED, "bad PROXY header");
-	if (r > 0)
-		n = r - c->proxy_len;
-	if (recv(c->cl.fd, c->proxy + c->proxy_len, (size_t)n, 0) != n)
-		return conn_close(c, RES_ERROR, "client connection lost");
-	c->proxy_len += (uint16_t)n;
-	if (r == 0)
-		return 1;
-	free(c->proxy);
-	c->proxy = NULL;
+	free(c->pin);
+	c->pin = NULL;
+	if (r == PROXYIN_FAIL)
+		return close_fail(c, &f);
 	if (!pi.local) {
 		memcpy(&c->peer, &pi.src, pi.len < sizeof(c->peer) ? pi.len : sizeof(c->peer));
 		c->smtp.plain_allowed = config_plain_allowed(c->svc->svc, &c->peer.sa);
@@ -510,7 +535,6 @@ static int open_turn(struct conn *c)
 
 	if (c->cl_state == CL_PROXY)
 		return proxy_turn(c);
-
 	if (c->cl_state == CL_HANDSHAKE) {
 		r = client_handshake(c);
 		if (r < 0)
@@ -526,6 +550,13 @@ static int open_turn(struct conn *c)
 	return progress;
 }
 
+/* ---- the relay ---- */
+
+static uint8_t *unseen_at(struct pump *p)
+{
+	return p->b->data + p->b->off + p->b->fwd;
+}
+
 /* One SMTP verdict on the client's bytes. */
 static int client_verdict(struct conn *c, struct smtp_result r)
 {
@@ -538,19 +569,18 @@ static int client_verdict(struct conn *c, struct smtp_result r)
 	case SMTP_REPLY:
 		buf_cut(p->b, r.n);
 		if (r.reply_len > 0 && pump_insert(&c->u2c, r.reply, r.reply_len) < 0)
-			return conn_fail(c, RES_ERROR, "out of memory", reply_internal);
+			return fail_now(c, R_NO_MEMORY, NULL);
 		return 1;
 	case SMTP_STARTTLS:
 		buf_cut(p->b, r.n);
 		if (pump_unseen(p) > 0)
-			return conn_close(c, RES_REFUSED,
-			    "client sent data after STARTTLS (command injection)");
+			return close_now(c, R_CL_INJECTION, NULL);
 		if (pump_insert(&c->u2c, r.reply, r.reply_len) < 0)
-			return conn_fail(c, RES_ERROR, "out of memory", reply_internal);
-		c->cl_state = CL_STARTTLS;
+			return fail_now(c, R_NO_MEMORY, NULL);
+		cl_enter(c, CL_STARTTLS);
 		return 1;
 	case SMTP_CLOSE:
-		return conn_fail(c, RES_REFUSED, r.reason, r.reply);
+		return fail_smtp(c, R_CL_SMTP, &r);
 	default:
 		c->c2u_more = r.v == SMTP_MORE;
 		return 0;
@@ -561,7 +591,8 @@ static int client_verdict(struct conn *c, struct smtp_result r)
 static int client_parse(struct conn *c)
 {
 	struct pump *p = &c->c2u;
-	int progress = 0, r;
+	size_t owed = smtp_pending(&c->smtp);
+	int progress = 0, r = 0;
 
 	while (c->cl_state == CL_READY && pump_unseen(p) > 0) {
 		/* Room for a reply of the shim's own, which keeps its place. */
@@ -570,9 +601,13 @@ static int client_parse(struct conn *c)
 		c->c2u_more = false;
 		r = client_verdict(c, smtp_client(&c->smtp, unseen_at(p), pump_unseen(p)));
 		if (r <= 0 || c->phase != PH_RELAY)
-			return r;
+			break;
 		progress = 1;
 	}
+	if (r < 0 || c->phase != PH_RELAY)
+		return r;
+	if (owed == 0 && smtp_pending(&c->smtp) > 0)
+		owe(c);
 	return progress;
 }
 
@@ -596,10 +631,10 @@ static int server_parse(struct conn *c)
 		case SMTP_REPLY:
 			buf_cut(p->b, r.n);
 			if (buf_insert(p->b, r.reply, r.reply_len) < 0)
-				return conn_fail(c, RES_ERROR, "EHLO reply too long", reply_internal);
+				return fail_now(c, R_UP_EHLO_TOO_LONG, NULL);
 			break;
 		case SMTP_CLOSE:
-			return conn_fail(c, RES_ERROR, r.reason, r.reply);
+			return fail_smtp(c, R_UP_SMTP, &r);
 		default:
 			return progress;
 		}
@@ -608,22 +643,9 @@ static int server_parse(struct conn *c)
 	return progress;
 }
 
-/* A direction whose source ended: once drained, pass the end on. */
-static int half_close(struct pump *p, struct endpoint *dst, bool partial)
+static const char *err_text(const struct endpoint *e)
 {
-	int r;
-
-	if (!p->eof || dst->shut || pump_approved(p) > 0)
-		return 0;
-	if (pump_unseen(p) > 0) {
-		if (!partial)
-			return 0;
-		buf_cut(p->b, pump_unseen(p));
-	}
-	r = ep_shutdown(dst);
-	if (r == EP_AGAIN)
-		return 0;
-	return 1;
+	return e->err != 0 ? strerror(e->err) : NULL;
 }
 
 /*
@@ -632,11 +654,11 @@ static int half_close(struct pump *p, struct endpoint *dst, bool partial)
  * complete; otherwise it broke.
  */
 static int lost(struct conn *c, const struct pump *toward, const struct endpoint *peer,
-    const char *reason)
+    enum reason why)
 {
 	if (toward->eof && peer->shut)
-		return conn_close(c, RES_OK, NULL);
-	return conn_close(c, RES_ERROR, reason);
+		return close_now(c, R_NONE, NULL);
+	return close_now(c, why, err_text(peer));
 }
 
 /* A client's first bytes are a TLS handshake record: it expected implicit
@@ -649,6 +671,58 @@ static bool speaks_tls(const struct conn *c)
 	    p[0] == 0x16 && p[1] == 0x03;
 }
 
+/* The client's bytes: read, judge, forward. */
+static int relay_up(struct conn *c, int *moved)
+{
+	int progress = 0, r;
+
+	if (c->cl_state == CL_READY && pump_can_read(&c->c2u)) {
+		r = pump_read(&c->c2u, &c->cl);
+		if (r == PUMP_NOMEM)
+			return fail_now(c, R_NO_BUFFER, NULL);
+		if (r == PUMP_ERROR)
+			return lost(c, &c->u2c, &c->cl, R_CL_LOST);
+		if (r > 0 && c->c2u.in == (uint64_t)r && speaks_tls(c))
+			return close_now(c, R_CL_SPEAKS_TLS, NULL);
+		progress |= r > 0;
+	}
+	if ((r = client_parse(c)) < 0 || c->phase != PH_RELAY)
+		return r < 0 ? r : 1;
+	progress |= r;
+	r = pump_write(&c->c2u, &c->up);
+	if (r == PUMP_ERROR)
+		return close_now(c, R_UP_LOST, err_text(&c->up));
+	*moved |= r > 0;
+	return progress;
+}
+
+/* The upstream's bytes: read, judge, deliver. */
+static int relay_down(struct conn *c, int *moved)
+{
+	int progress = 0, r;
+
+	if (pump_can_read(&c->u2c)) {
+		r = pump_read(&c->u2c, &c->up);
+		if (r == PUMP_NOMEM)
+			return close_now(c, R_NO_BUFFER, NULL);
+		if (r == PUMP_ERROR)
+			return lost(c, &c->c2u, &c->up, R_UP_LOST);
+		if (r > 0)
+			c->owed_since = ev_now(c->w->loop);
+		*moved |= r > 0;
+	}
+	if ((r = server_parse(c)) < 0 || c->phase != PH_RELAY)
+		return r < 0 ? r : 1;
+	progress |= r;
+	if (c->cl_state != CL_HANDSHAKE) {
+		r = pump_write(&c->u2c, &c->cl);
+		if (r == PUMP_ERROR)
+			return close_now(c, R_CL_LOST, err_text(&c->cl));
+		*moved |= r > 0;
+	}
+	return progress;
+}
+
 /*
  * Only bytes that get somewhere count as activity for timeout_idle: a
  * client dribbling a command line that never ends (slowloris) moves
@@ -656,45 +730,15 @@ static bool speaks_tls(const struct conn *c)
  */
 static int relay_io(struct conn *c)
 {
-	int progress = 0, moved = 0, r;
+	int moved = 0, p1, p2;
 
-	if (c->cl_state == CL_READY && pump_can_read(&c->c2u)) {
-		r = pump_read(&c->c2u, &c->cl);
-		if (r == PUMP_NOMEM)
-			return conn_fail(c, RES_ERROR, "out of memory for a relay buffer", reply_internal);
-		if (r == PUMP_ERROR)
-			return lost(c, &c->u2c, &c->cl, "client connection lost");
-		if (r > 0 && c->c2u.in == (uint64_t)r && speaks_tls(c))
-			return conn_close(c, RES_ERROR, "client sent a TLS handshake to a plaintext port");
-		progress |= r > 0;
-	}
-	if ((r = client_parse(c)) < 0 || c->phase != PH_RELAY)
-		return r;
-	progress |= r;
-	r = pump_write(&c->c2u, &c->up);
-	if (r == PUMP_ERROR)
-		return conn_close(c, RES_ERROR, "upstream connection lost");
-	moved |= r > 0;
-	if (pump_can_read(&c->u2c)) {
-		r = pump_read(&c->u2c, &c->up);
-		if (r == PUMP_NOMEM)
-			return conn_close(c, RES_ERROR, "out of memory for a relay buffer");
-		if (r == PUMP_ERROR)
-			return lost(c, &c->c2u, &c->up, "upstream connection lost");
-		moved |= r > 0;
-	}
-	if ((r = server_parse(c)) < 0 || c->phase != PH_RELAY)
-		return r;
-	progress |= r;
-	if (c->cl_state != CL_HANDSHAKE) {
-		r = pump_write(&c->u2c, &c->cl);
-		if (r == PUMP_ERROR)
-			return conn_close(c, RES_ERROR, "client connection lost");
-		moved |= r > 0;
-	}
+	if ((p1 = relay_up(c, &moved)) < 0 || c->phase != PH_RELAY)
+		return p1;
+	if ((p2 = relay_down(c, &moved)) < 0 || c->phase != PH_RELAY)
+		return p2;
 	if (moved)
 		touch(c);
-	return progress | moved;
+	return p1 | p2 | moved;
 }
 
 static int relay_turn(struct conn *c)
@@ -716,16 +760,17 @@ static int relay_turn(struct conn *c)
 	/* The upstream left while the client still waits for replies. */
 	if (c->u2c.eof && c->cl_state == CL_READY && pump_approved(&c->u2c) == 0 &&
 	    (pump_unseen(&c->u2c) > 0 || smtp_pending(&c->smtp) > 0))
-		return conn_fail(c, RES_ERROR, "upstream closed the connection before replying",
-		    reply_upstream_gone);
+		return fail_now(c, R_UP_GONE, NULL);
 	if (c->cl_state == CL_READY) {
-		progress |= half_close(&c->c2u, &c->up, c->c2u_more);
-		progress |= half_close(&c->u2c, &c->cl, true);
+		progress |= pump_finish(&c->c2u, &c->up, c->c2u_more);
+		progress |= pump_finish(&c->u2c, &c->cl, true);
 	}
 	if (c->c2u.eof && c->u2c.eof && c->up.shut && c->cl.shut)
-		return conn_close(c, RES_OK, NULL);
+		return close_now(c, R_NONE, NULL);
 	return progress;
 }
+
+/* ---- the end ---- */
 
 /* Read and drop the client's bytes until it closes too. */
 static int linger(struct conn *c)
@@ -739,7 +784,7 @@ static int linger(struct conn *c)
 		if (r == EP_AGAIN)
 			return 0;
 		if (r <= 0)
-			return conn_close(c, (enum result)c->result, c->reason);
+			return close_now(c, c->why, c->detail);
 	}
 	return 0;
 }
@@ -755,14 +800,14 @@ static int final_turn(struct conn *c)
 		return linger(c);
 	r = pump_write(&c->u2c, &c->cl);
 	if (r == PUMP_ERROR)
-		return conn_close(c, (enum result)c->result, c->reason);
-	if (pump_approved(&c->u2c) > 0)
+		return close_now(c, c->why, c->detail);
+	if (pump_approved(&c->u2c) > 0 || c->cl.wr_wait != 0)
 		return r > 0;
 	r = ep_shutdown(&c->cl);
 	if (r == EP_AGAIN)
 		return 0;
 	if (r == EP_ERROR)
-		return conn_close(c, (enum result)c->result, c->reason);
+		return close_now(c, c->why, c->detail);
 	c->cl.rd_wait = 0;
 	set_deadline(c, LINGER_MS < c->svc->svc->timeout_handshake_ms ?
 	    LINGER_MS : c->svc->svc->timeout_handshake_ms);
@@ -781,52 +826,61 @@ static int conn_turn(struct conn *c)
 	}
 }
 
-static int want(struct endpoint *e, bool rd, bool wr)
-{
-	int ev = 0;
+/* ---- events ---- */
 
-	if (rd)
-		ev |= e->rd_wait ? e->rd_wait : EV_READ;
-	if (wr)
-		ev |= e->wr_wait ? e->wr_wait : EV_WRITE;
-	return ev;
+/*
+ * What the client's socket waits for. A write event is asked for only
+ * when it can make progress: bytes to deliver, or an end to pass on that
+ * nothing holds back. A half-closed session whose last bytes wait for a
+ * reply waits on the upstream's read event, never spins on writability.
+ */
+static int cl_events(struct conn *c)
+{
+	struct endpoint *e = &c->cl;
+
+	if (c->cl_state == CL_PROXY)
+		return ep_want(e, true, false);
+	if (c->cl_state == CL_HANDSHAKE)
+		return ep_want(e, false, true);
+	switch (c->phase) {
+	case PH_OPEN:
+		return 0;
+	case PH_FINAL:
+		return e->shut ? ep_want(e, true, false) : ep_want(e, false, true);
+	default:
+		break;
+	}
+	if (c->cl_state == CL_STARTTLS)
+		return ep_want(e, false, pump_approved(&c->u2c) > 0);
+	return ep_want(e, pump_can_read(&c->c2u), pump_wants_write(&c->u2c, e, true));
+}
+
+static int up_events(struct conn *c)
+{
+	struct endpoint *e = &c->up;
+
+	switch (c->up_state) {
+	case UP_CONNECTING:
+	case UP_HANDSHAKE:
+		return ep_want(e, false, true);
+	case UP_SETUP:
+		return ep_want(e, true, pump_approved(&c->c2u) > 0);
+	case UP_READY:
+		if (c->phase != PH_RELAY)
+			return 0;
+		return ep_want(e, pump_can_read(&c->u2c),
+		    pump_wants_write(&c->c2u, e, c->c2u_more));
+	default:
+		return 0;
+	}
 }
 
 /* Arm each socket for exactly what the session waits for now. */
 static void conn_arm(struct conn *c)
 {
-	struct ev_loop *loop = c->w->loop;
-	bool cl_hs = c->cl_state == CL_HANDSHAKE;
-	bool relay = c->phase == PH_RELAY;
-	bool cl_io = c->cl_state == CL_READY && c->phase != PH_OPEN;
-	bool up_io = relay && c->up_state == UP_READY;
-
-	if (c->cl_state == CL_PROXY) {
-		ep_watch(&c->cl, loop, EV_READ);
-		return;
-	}
-	if (c->phase == PH_FINAL && c->cl.shut) {
-		ep_watch(&c->cl, loop, want(&c->cl, true, false));
-		return;
-	}
-	ep_watch(&c->cl, loop, cl_hs ? want(&c->cl, false, true) :
-	    want(&c->cl, cl_io && relay && pump_can_read(&c->c2u),
-	    (cl_io || c->cl_state == CL_STARTTLS) &&
-	    (pump_approved(&c->u2c) > 0 || (c->u2c.eof && !c->cl.shut))));
-	if (c->up.fd < 0)
-		return;
-	switch (c->up_state) {
-	case UP_CONNECTING:
-	case UP_HANDSHAKE:
-		ep_watch(&c->up, loop, want(&c->up, false, true));
-		break;
-	case UP_SETUP:
-		ep_watch(&c->up, loop, want(&c->up, true, pump_approved(&c->c2u) > 0));
-		break;
-	default:
-		ep_watch(&c->up, loop, want(&c->up, up_io && pump_can_read(&c->u2c),
-		    up_io && (pump_approved(&c->c2u) > 0 || (c->c2u.eof && !c->up.shut))));
-	}
+	ep_watch(&c->cl, c->w->loop, cl_events(c));
+	if (c->up.fd >= 0)
+		ep_watch(&c->up, c->w->loop, up_events(c));
 }
 
 static void again_add(struct conn *c)
@@ -856,23 +910,6 @@ static void conn_step(struct conn *c)
 	conn_arm(c);
 }
 
-/* An fd event clears what waited for it. */
-static void ep_ready(struct endpoint *e, int revents)
-{
-	if (revents & EV_READ) {
-		if (e->rd_wait == EV_READ)
-			e->rd_wait = 0;
-		if (e->wr_wait == EV_READ)
-			e->wr_wait = 0;
-	}
-	if (revents & EV_WRITE) {
-		if (e->rd_wait == EV_WRITE)
-			e->rd_wait = 0;
-		if (e->wr_wait == EV_WRITE)
-			e->wr_wait = 0;
-	}
-}
-
 static void cl_io_cb(struct ev_loop *loop, ev_io *io, int revents)
 {
 	struct conn *c = (struct conn *)((char *)io - offsetof(struct conn, cl.io));
@@ -893,30 +930,48 @@ static void up_io_cb(struct ev_loop *loop, ev_io *io, int revents)
 	conn_step(c);
 }
 
+/* The upstream owes a reply: its wait is bounded by timeout_reply. */
+static bool reply_owed(const struct conn *c)
+{
+	return c->phase == PH_RELAY && c->cl_state == CL_READY &&
+	    c->up_state == UP_READY && smtp_pending(&c->smtp) > 0;
+}
+
+static ev_tstamp due(const struct conn *c)
+{
+	if (reply_owed(c))
+		return c->owed_since + c->svc->svc->timeout_reply_ms / 1000.0;
+	return c->deadline;
+}
+
 static int conn_timeout(struct conn *c)
 {
 	switch (c->phase) {
 	case PH_OPEN:
 		if (c->cl_state == CL_PROXY)
-			return conn_close(c, RES_ERROR, "no PROXY header in time");
+			return close_now(c, R_PROXY_TIMEOUT, NULL);
 		if (c->cl_state != CL_READY)
-			return conn_close(c, RES_ERROR, "client TLS handshake timeout");
+			return close_now(c, R_CL_HANDSHAKE_TIMEOUT, NULL);
 		if (c->up_state == UP_CONNECTING)
-			return conn_fail(c, RES_ERROR, "upstream connect timeout", reply_unavailable);
-		return conn_fail(c, RES_ERROR, "upstream handshake timeout", reply_timeout);
+			return fail_now(c, R_UP_CONNECT_TIMEOUT, NULL);
+		return fail_now(c, R_UP_HANDSHAKE_TIMEOUT, NULL);
 	case PH_RELAY:
 		if (c->cl_state != CL_READY)
-			return conn_close(c, RES_ERROR, "client TLS handshake timeout");
-		return conn_close(c, RES_ERROR, "idle timeout");
+			return close_now(c, R_CL_HANDSHAKE_TIMEOUT, NULL);
+		/* Half a reply went out: nothing of the shim's may follow it. */
+		if (reply_owed(c))
+			return c->smtp.reply_code != 0 ? close_now(c, R_REPLY_TIMEOUT, NULL) :
+			    fail_now(c, R_REPLY_TIMEOUT, NULL);
+		return close_now(c, R_IDLE_TIMEOUT, NULL);
 	default:
-		return conn_close(c, (enum result)c->result, c->reason);
+		return close_now(c, c->why, c->detail);
 	}
 }
 
 static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
 	struct conn *c = conn_of_timer(t);
-	ev_tstamp left = c->deadline - ev_now(loop);
+	ev_tstamp left = due(c) - ev_now(loop);
 
 	(void)revents;
 	if (left > 0.001) {
@@ -946,41 +1001,30 @@ static void again_cb(struct ev_loop *loop, ev_idle *idle, int revents)
 void conn_worker_init(struct worker *w)
 {
 	ev_idle_init(&w->again_w, again_cb);
-}
-
-static int upstream_connect(struct conn *c)
-{
-	const struct svc_rt *svc = c->svc;
-	char reason[200];
-	int fd, one = 1;
-
-	fd = socket(svc->up_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		int e = errno;
-		snprintf(reason, sizeof(reason), "cannot open upstream socket: %s", strerror(e));
-		/* Out of descriptors is the shim's own limit, not the upstream's. */
-		return conn_fail(c, RES_ERROR, reason,
-		    e == EMFILE || e == ENFILE ? reply_no_fds : reply_unavailable);
-	}
-	ep_init(&c->up, fd);
-	ev_init(&c->up.io, up_io_cb);
-	/* SMTP is a dialogue of short lines: no Nagle delay on replies. */
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	c->up_state = UP_CONNECTING;
-	if (connect(fd, (const struct sockaddr *)&svc->up_addr, svc->up_len) < 0) {
-		if (errno != EINPROGRESS) {
-			snprintf(reason, sizeof(reason), "upstream connect failed: %s", strerror(errno));
-			return conn_fail(c, RES_ERROR, reason, reply_unavailable);
-		}
-		c->up.wr_wait = EV_WRITE;
-	}
-	return 1;
+	log_attach(w->loop);
 }
 
 static enum smtp_listen listen_mode(enum hop_mode m)
 {
 	return m == MODE_PLAIN ? SMTP_LISTEN_PLAIN :
 	    m == MODE_STARTTLS ? SMTP_LISTEN_STARTTLS : SMTP_LISTEN_IMPLICIT;
+}
+
+/*
+ * A PROXY header is believed only from proxy_from: anyone else is refused
+ * before a byte of theirs is read as one.
+ */
+static int proxy_start(struct conn *c)
+{
+	const struct service *s = c->svc->svc;
+
+	if (!config_proxy_trusted(s, &c->peer.sa))
+		return close_now(c, R_PROXY_UNTRUSTED, NULL);
+	c->pin = calloc(1, sizeof(*c->pin));
+	if (c->pin == NULL)
+		return close_now(c, R_NO_MEMORY, NULL);
+	set_deadline(c, s->timeout_handshake_ms);
+	return 1;
 }
 
 void conn_start(struct worker *w, struct svc_rt *svc, int fd,
@@ -1015,19 +1059,16 @@ void conn_start(struct worker *w, struct svc_rt *svc, int fd,
 		w->live->prev = c;
 	w->live = c;
 	w->nconns++;
-	if (s->proxy_protocol) {
-		c->cl_state = CL_PROXY;
-		set_deadline(c, s->timeout_handshake_ms);
-	} else if (client_known(c) < 0) {
+	/* calloc: the client starts in CL_PROXY (reading a header or not). */
+	if ((s->proxy_protocol ? proxy_start(c) : client_known(c)) < 0)
 		return;
-	}
 	conn_step(c);
 }
 
 void conn_close_all(struct worker *w)
 {
 	while (w->live != NULL)
-		conn_close(w->live, RES_ERROR, "mailshim is shutting down");
+		conn_close(w->live, R_SHUTDOWN, NULL);
 }
 
 void generation_free(struct generation *g)

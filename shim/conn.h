@@ -10,8 +10,12 @@
  *   FINAL  the upstream is gone; the shim's last reply (421...) is
  *          flushed to the client, then the session closes
  *
- * Every path out goes through one close function with a result and a
- * reason, which writes the session's log line.
+ * The PROXY header reader (proxyin.c), the upstream STARTTLS dialogue
+ * (upsetup.c) and the TLS handshake of either hop (handshake.c) own their
+ * small state and return verdicts; the session acts on them. Every state
+ * change goes through an enter function (traced at log_level = debug), and
+ * every path out through one close function with a row of the reasons
+ * table (reason.h), which writes the session's log line.
  */
 #ifndef MAILSHIM_CONN_H
 #define MAILSHIM_CONN_H

@@ -19,6 +19,7 @@ void ep_init(struct endpoint *e, int fd)
 	e->rd_wait = e->wr_wait = e->armed = 0;
 	e->shut = false;
 	e->err = 0;
+	e->peer_version = 0;
 }
 
 /* Map a TLS failure: which event to wait for, or EOF/error. */
@@ -133,6 +134,33 @@ int ep_shutdown(struct endpoint *e)
 bool ep_pending(const struct endpoint *e)
 {
 	return e->ssl != NULL && SSL_pending(e->ssl) > 0;
+}
+
+int ep_want(const struct endpoint *e, bool rd, bool wr)
+{
+	int ev = 0;
+
+	if (rd)
+		ev |= e->rd_wait ? e->rd_wait : EV_READ;
+	if (wr)
+		ev |= e->wr_wait ? e->wr_wait : EV_WRITE;
+	return ev;
+}
+
+void ep_ready(struct endpoint *e, int revents)
+{
+	if (revents & EV_READ) {
+		if (e->rd_wait == EV_READ)
+			e->rd_wait = 0;
+		if (e->wr_wait == EV_READ)
+			e->wr_wait = 0;
+	}
+	if (revents & EV_WRITE) {
+		if (e->rd_wait == EV_WRITE)
+			e->rd_wait = 0;
+		if (e->wr_wait == EV_WRITE)
+			e->wr_wait = 0;
+	}
 }
 
 void ep_watch(struct endpoint *e, struct ev_loop *loop, int events)

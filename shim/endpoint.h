@@ -28,6 +28,7 @@ struct endpoint {
 	uint8_t armed;          /* events the watcher has now */
 	bool shut;              /* our write side is shut down */
 	int err;                /* errno of the last failure, for the log */
+	uint16_t peer_version;  /* highest TLS version the peer's hello offered */
 	ev_io io;
 };
 
@@ -43,6 +44,11 @@ int ep_handshake(struct endpoint *e);
 int ep_shutdown(struct endpoint *e);
 /* Decrypted bytes buffered inside the TLS layer (no fd event for them). */
 bool ep_pending(const struct endpoint *e);
+/* The events to watch for a read (rd) and a write (wr): what the last
+ * attempt waited for, else the plain one. */
+int ep_want(const struct endpoint *e, bool rd, bool wr);
+/* An fd event came: clear the waits it satisfies. */
+void ep_ready(struct endpoint *e, int revents);
 /* Arm the watcher for these events (stops it for 0). */
 void ep_watch(struct endpoint *e, struct ev_loop *loop, int events);
 /* Stop the watcher, free TLS, close the socket; idempotent. */

@@ -41,6 +41,8 @@ fail:
 	return -1;
 }
 
+static void busy_report(struct listen_set *set);
+
 static void pause_all(struct listen_set *set)
 {
 	size_t i;
@@ -82,6 +84,50 @@ static void conn_done(struct worker *w)
 		resume_all(w->listeners);
 }
 
+#define BUSY_LOG_EVERY 1.0     /* seconds between max_connections warnings */
+
+static void busy_report(struct listen_set *set)
+{
+	if (set->busy_quiet == 0)
+		return;
+	log_msg(LEVEL_WARN, "max_connections (%u) reached: %u more clients refused",
+	    set->w->cfg->max_connections, set->busy_quiet);
+	set->busy_quiet = 0;
+	set->busy_logged = ev_now(set->w->loop);
+}
+
+static void busy_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct listen_set *set = (struct listen_set *)((char *)t - offsetof(struct listen_set, busy_w));
+
+	(void)loop;
+	(void)revents;
+	busy_report(set);
+}
+
+static void busy_log(struct listener *l)
+{
+	struct listen_set *set = l->set;
+	struct ev_loop *loop = set->w->loop;
+
+	if (ev_now(loop) - set->busy_logged < BUSY_LOG_EVERY) {
+		if (set->busy_quiet++ == 0) {
+			ev_timer_set(&set->busy_w, set->busy_logged + BUSY_LOG_EVERY - ev_now(loop), 0.);
+			ev_timer_start(loop, &set->busy_w);
+		}
+		return;
+	}
+	ev_timer_stop(loop, &set->busy_w);
+	if (set->busy_quiet > 0) {
+		set->busy_quiet++;      /* this one too */
+		busy_report(set);
+		return;
+	}
+	set->busy_logged = ev_now(loop);
+	log_msg(LEVEL_WARN, "service %s: max_connections (%u) reached, client refused",
+	    l->svc->svc->name, set->w->cfg->max_connections);
+}
+
 /* Over max_connections: say so in SMTP where the client can read it. */
 static void refuse_busy(struct listener *l, int fd)
 {
@@ -89,8 +135,7 @@ static void refuse_busy(struct listener *l, int fd)
 	    send(fd, reply_busy, sizeof(reply_busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
 		log_msg(LEVEL_DEBUG, "cannot send busy reply: %s", strerror(errno));
 	close(fd);
-	log_msg(LEVEL_WARN, "service %s: max_connections (%u) reached, client refused",
-	    l->svc->svc->name, l->set->w->cfg->max_connections);
+	busy_log(l);
 }
 
 static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
@@ -131,6 +176,9 @@ void listener_start(struct listen_set *set, struct worker *w)
 	w->listeners = set;
 	w->on_conn_done = conn_done;
 	ev_init(&set->retry, retry_cb);
+	ev_init(&set->busy_w, busy_cb);
+	set->busy_logged = -BUSY_LOG_EVERY;
+	set->busy_quiet = 0;
 	for (i = 0; i < set->n; i++) {
 		set->l[i].set = set;
 		ev_io_init(&set->l[i].io, accept_cb, set->l[i].fd, EV_READ);
@@ -143,6 +191,8 @@ void listener_stop(struct listen_set *set)
 	size_t i;
 
 	ev_timer_stop(set->w->loop, &set->retry);
+	busy_report(set);
+	ev_timer_stop(set->w->loop, &set->busy_w);
 	for (i = 0; i < set->n; i++) {
 		ev_io_stop(set->w->loop, &set->l[i].io);
 		if (set->l[i].fd >= 0)

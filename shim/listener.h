@@ -32,6 +32,12 @@ struct listen_set {
 	struct worker *w;
 	bool paused;
 	ev_timer retry;
+	/* At max_connections a warning per refused client would flood the
+	 * log under attack: at most one line a second, with the count of
+	 * those refused meanwhile. */
+	ev_tstamp busy_logged;        /* when the last warning went out */
+	unsigned busy_quiet;          /* refused since, not logged yet */
+	ev_timer busy_w;              /* logs busy_quiet when refusals stop */
 };
 
 /* Bind and listen on one address; -1 with a message in err on failure. */

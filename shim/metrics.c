@@ -206,8 +206,8 @@ static void render_sessions(struct out *o, const struct metrics *m, unsigned nw,
 		put(o, "mailshim_bytes_total{service=\"%s\",direction=\"out\"} %llu\n",
 		    m->service[s], (unsigned long long)SUM(svc[s].bytes_out));
 	}
-	for (unsigned i = 0; i < nw; i++)
-		active += __atomic_load_n(&m->w[i].active, __ATOMIC_RELAXED);
+	for (unsigned i = 0; i < METRICS_PROCS; i++)
+		active += __atomic_load_n(&m->active[i], __ATOMIC_RELAXED);
 	head(o, "active_sessions", "gauge", "Sessions open now.");
 	put(o, "mailshim_active_sessions %lld\n", (long long)active);
 }
@@ -266,6 +266,8 @@ size_t metrics_render(const struct metrics *m, unsigned nworkers, char *out,
 	    (unsigned long long)ld(&m->reloads_failed));
 	head(&o, "config_generation", "gauge", "Configuration loads in force so far (1 = the first).");
 	put(&o, "mailshim_config_generation %llu\n", (unsigned long long)ld(&m->generation));
+	head(&o, "up", "gauge", "1 while serving, 0 while stopping.");
+	put(&o, "mailshim_up %d\n", __atomic_load_n(&m->stopping, __ATOMIC_RELAXED) ? 0 : 1);
 	if (o.len < cap)
 		out[o.len] = '\0';
 	return o.len;

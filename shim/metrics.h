@@ -17,6 +17,8 @@
 #define METRICS_WORKERS 64
 #define METRICS_SERVICES 64
 #define METRICS_NAME 64
+/* Worker processes alive at once (a reload's old ones included). */
+#define METRICS_PROCS 256
 
 enum metrics_result { MR_OK, MR_REFUSED, MR_ERROR, MR_COUNT };
 enum metrics_hop { MH_LISTEN, MH_UPSTREAM, MH_COUNT };
@@ -45,7 +47,6 @@ struct metrics_svc {
 };
 
 struct metrics_worker {
-	int64_t active;                     /* sessions open now */
 	struct metrics_svc svc[METRICS_SERVICES];
 	uint64_t handshakes[MH_COUNT][MV_COUNT][METRICS_CIPHERS + 1];
 	uint64_t refusals[METRICS_CODES];
@@ -62,6 +63,10 @@ struct metrics {
 	int64_t stopping;
 	uint32_t nservices;
 	char service[METRICS_SERVICES][METRICS_NAME];
+	/* Sessions open now, one gauge per worker process: the supervisor
+	 * zeroes a process's gauge when it reaps it, so a worker killed with
+	 * its sessions open leaves no phantom count behind. */
+	int64_t active[METRICS_PROCS];
 	struct metrics_worker w[METRICS_WORKERS];
 };
 

@@ -55,9 +55,10 @@ static int parse_v1(const uint8_t *p, size_t len, struct proxy_info *out)
 	size_t n;
 	int fam, nf = 0;
 
-	lf = memchr(p, '\n', len < sizeof(line) ? len : sizeof(line));
+	/* The specification's limit: 107 bytes, CRLF included. */
+	lf = memchr(p, '\n', len < PROXY_V1_MAX ? len : PROXY_V1_MAX);
 	if (lf == NULL)
-		return len >= sizeof(line) - 1 ? -1 : 0;
+		return len >= PROXY_V1_MAX ? -1 : 0;
 	n = (size_t)(lf - p) + 1;
 	if (n < 8 || p[n - 2] != '\r')
 		return -1;
@@ -154,6 +155,21 @@ int proxy_parse(const uint8_t *p, size_t len, struct proxy_info *out)
 	if (memcmp(p, "PROXY ", k) != 0)
 		return -1;
 	return k < 6 ? 0 : parse_v1(p, len, out);
+}
+
+size_t proxy_want(const uint8_t *p, size_t len)
+{
+	size_t k = len < sizeof(v2sig) ? len : sizeof(v2sig);
+
+	if (memcmp(p, v2sig, k) == 0) {
+		if (len < PROXY_V2_FIXED)
+			return PROXY_V2_FIXED;
+		return PROXY_V2_FIXED + ((size_t)p[14] << 8 | p[15]);
+	}
+	k = len < 6 ? len : 6;
+	if (memcmp(p, "PROXY ", k) == 0)
+		return PROXY_V1_MAX;
+	return 0;
 }
 
 static size_t build_v1(const struct sockaddr *src, const struct sockaddr *dst,

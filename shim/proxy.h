@@ -11,8 +11,12 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-/* Longest header accepted (v1 is at most 107 bytes; v2 may carry TLVs). */
-#define PROXY_MAX 1024
+/* Longest header: v1 is at most 107 bytes; v2 is a 16-byte fixed part and
+ * up to 65535 bytes of addresses and TLVs (load balancers send large
+ * ones: certificates, cloud metadata). */
+#define PROXY_V1_MAX 107
+#define PROXY_V2_FIXED 16
+#define PROXY_MAX (PROXY_V2_FIXED + 65535)
 
 struct proxy_info {
 	int local;                     /* LOCAL/UNKNOWN: keep the real peer */
@@ -27,6 +31,14 @@ struct proxy_info {
  * not a valid header (the connection must be dropped).
  */
 int proxy_parse(const uint8_t *p, size_t len, struct proxy_info *out);
+
+/*
+ * How many bytes the header at the start of p (len bytes so far) needs
+ * before proxy_parse() can decide: the exact size of a v2 header once its
+ * fixed part is in, else an upper bound (v1 ends at its line feed, which
+ * the caller looks for). 0 when the bytes are not a header at all.
+ */
+size_t proxy_want(const uint8_t *p, size_t len);
 
 /* Write a v1 or v2 header for src -> dst into out; returns its length. */
 size_t proxy_build(int version, const struct sockaddr *src,

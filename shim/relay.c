@@ -97,6 +97,30 @@ bool pump_can_read(const struct pump *p)
 	return !p->eof && (p->b == NULL || buf_room(p->b) > 0);
 }
 
+static bool end_ready(const struct pump *p, const struct endpoint *dst, bool partial)
+{
+	return p->eof && !dst->shut && pump_approved(p) == 0 &&
+	    (partial || pump_unseen(p) == 0);
+}
+
+int pump_finish(struct pump *p, struct endpoint *dst, bool partial)
+{
+	int r;
+
+	if (!end_ready(p, dst, partial) || dst->wr_wait != 0)
+		return 0;
+	if (pump_unseen(p) > 0)
+		buf_cut(p->b, pump_unseen(p));
+	/* A failed FIN means the peer is gone: the next read tells. */
+	r = ep_shutdown(dst);
+	return r == EP_AGAIN ? 0 : 1;
+}
+
+bool pump_wants_write(const struct pump *p, const struct endpoint *dst, bool partial)
+{
+	return pump_approved(p) > 0 || end_ready(p, dst, partial);
+}
+
 void pump_trim(struct pump *p)
 {
 	if (p->b != NULL && p->b->len == p->b->off) {

@@ -5,6 +5,11 @@
  * buffer is full (back-pressure reaches the sender through TCP), and what
  * may be written is decided by the caller (conn.c, through the SMTP layer),
  * which marks bytes approved.
+ *
+ * Half-close belongs to the pump that reached the end of its source: once
+ * what it holds is delivered, it passes the end on (TLS close_notify and
+ * FIN) to its destination, as spiped's proto_pipe does. Until then it asks
+ * for no write event it cannot use, so a half-closed session never spins.
  */
 #ifndef MAILSHIM_RELAY_H
 #define MAILSHIM_RELAY_H
@@ -39,6 +44,18 @@ uint32_t pump_approved(const struct pump *p);
 uint32_t pump_unseen(const struct pump *p);
 /* Is there room to read more? */
 bool pump_can_read(const struct pump *p);
+/*
+ * The source ended: once every approved byte is out, shut the
+ * destination's write side. Bytes not examined yet are dropped when
+ * partial (half a line that can never be completed), else they hold the
+ * end back until the SMTP layer has decided on them. Returns 1 when the
+ * destination was shut now, 0 when nothing could be done yet (EP_AGAIN
+ * leaves the event to wait for in dst->wr_wait).
+ */
+int pump_finish(struct pump *p, struct endpoint *dst, bool partial);
+/* Can a write event make progress: approved bytes, or an end to pass on
+ * that nothing holds back? */
+bool pump_wants_write(const struct pump *p, const struct endpoint *dst, bool partial);
 /* Release the buffer if it holds nothing. */
 void pump_trim(struct pump *p);
 void pump_free(struct pump *p);

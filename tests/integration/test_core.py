@@ -577,7 +577,9 @@ def silent(conn, srv):
 @pytest.mark.slow
 def test_silent_plain_upstream_times_out(make_shim, raw_server, ports, pki):
     up = raw_server(silent)
-    shim, port = relay(make_shim, ports, pki, "plain", up.port, timeout_idle="2s")
+    # The greeting is a reply the upstream owes: timeout_reply bounds it.
+    shim, port = relay(make_shim, ports, pki, "plain", up.port, timeout_idle="2s",
+                       timeout_reply="2s")
     t0 = time.monotonic()
     with SmtpConn(port) as c:
         data, closed = c.read_until_closed(10)

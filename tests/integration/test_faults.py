@@ -193,12 +193,14 @@ def test_upstream_resets(make_shim, fake_upstream, fake_client, smtp_sink, ports
 @pytest.mark.parametrize("mode", ["plain", "starttls", "implicit"])
 def test_upstream_accepts_and_never_greets(make_shim, fake_upstream, fake_client, smtp_sink,
                                            ports, pki, workdir, mode):
-    """A bounded wait, then a 421 (or a close): timeout_idle for a plain
-    upstream, timeout_handshake while the shim sets up TLS with it."""
+    """A bounded wait, then a 421 (or a close): timeout_reply for a plain
+    upstream (its greeting is owed), timeout_handshake while the shim sets
+    up TLS with it."""
     sink = smtp_sink()
     up = fake_upstream([stall(30)])
     shim, bad, good = two_services(make_shim, ports, pki, sink, up.port, bad_upstream=mode,
-                                   timeout_idle="2s", timeout_handshake="1s")
+                                   timeout_idle="2s", timeout_reply="2s",
+                                   timeout_handshake="1s")
     g = GoodSession(fake_client, good, 5).begin()
     c = fake_client(bad)
     c.start([expect_closed(10)])

@@ -243,7 +243,8 @@ def test_starttls_stripped_is_refused(make_shim, fake_upstream, fake_client, por
 @pytest.mark.parametrize("where", ["ehlo", "mail"])
 def test_upstream_stalls_mid_reply(make_shim, fake_upstream, fake_client, ports, pki, where):
     """The upstream sends the first line of a multi-line reply and nothing
-    more: the client is closed once timeout_idle passes."""
+    more: the client is closed once timeout_reply passes (a reply is
+    owed; nothing of the shim's own follows half a reply)."""
     if where == "ehlo":
         script = [send(b"220 fake.test ESMTP\r\n"), expect_line(r"^EHLO"),
                   send(b"250-first line\r\n"), stall(20)]
@@ -252,7 +253,7 @@ def test_upstream_stalls_mid_reply(make_shim, fake_upstream, fake_client, ports,
                   send(greeting_ehlo_reply(False)), expect_line(r"^MAIL"),
                   send(b"250-first line\r\n"), stall(20)]
     up = fake_upstream(script)
-    shim, port = start(make_shim, ports, pki, up.port, timeout_idle="2s")
+    shim, port = start(make_shim, ports, pki, up.port, timeout_idle="2s", timeout_reply="2s")
     c = fake_client(port)
     c.run([expect_reply(r"^220 "), send("EHLO client.test\r\n")])
     if where == "mail":
@@ -261,7 +262,7 @@ def test_upstream_stalls_mid_reply(make_shim, fake_upstream, fake_client, ports,
     data, closed = c.read_until_closed(10)
     elapsed = time.monotonic() - t0
     assert closed and elapsed < 5, "open after %.1fs: %r" % (elapsed, data)
-    assert elapsed > 1.5, "closed after %.1fs, before timeout_idle" % elapsed
+    assert elapsed > 1.5, "closed after %.1fs, before timeout_reply" % elapsed
     # An EHLO reply is only relayed whole (it is rewritten in one write).
     if where == "ehlo":
         assert b"first line" not in data, data
@@ -272,10 +273,11 @@ def test_upstream_stalls_mid_reply(make_shim, fake_upstream, fake_client, ports,
 def test_upstream_stalls_mid_greeting(make_shim, fake_upstream, fake_client, ports, pki,
                                       upstream):
     """Half a greeting then silence: timeout_handshake bounds the upstream
-    STARTTLS dialogue (a 421 follows); timeout_idle bounds a plain relay."""
+    STARTTLS dialogue (a 421 follows); timeout_reply bounds a plain relay
+    (the greeting is a reply the upstream owes)."""
     up = fake_upstream([send(b"220-fake.test hello\r\n"), stall(20)])
     shim, port = start(make_shim, ports, pki, up.port, upstream=upstream,
-                       timeout_handshake="1s", timeout_idle="3s")
+                       timeout_handshake="1s", timeout_idle="3s", timeout_reply="3s")
     c = fake_client(port)
     t0 = time.monotonic()
     data, closed = c.read_until_closed(10)
@@ -529,7 +531,7 @@ def test_upstream_reply_without_line_end(make_shim, fake_upstream, fake_client, 
     up = fake_upstream([send(b"220 fake.test ESMTP\r\n"), expect_line(r"^EHLO"),
                         send(EHLO_OK), expect_line(r"^MAIL"), send(b"250 2.1.0 never ends"),
                         sleep(0.5), close() if then == "close" else stall(10)])
-    shim, port = start(make_shim, ports, pki, up.port, timeout_idle="2s")
+    shim, port = start(make_shim, ports, pki, up.port, timeout_idle="2s", timeout_reply="2s")
     c = fake_client(port)
     client_until(c, "mail")
     data, closed = c.read_until_closed(8)

@@ -9,11 +9,13 @@ static struct metrics m;
 
 static bool has(const char *text, const char *line)
 {
-	const char *p = strstr(text, line);
 	size_t n = strlen(line);
 
 	/* A whole line. */
-	return p && (p == text || p[-1] == '\n') && (p[n] == '\n');
+	for (const char *p = strstr(text, line); p; p = strstr(p + 1, line))
+		if ((p == text || p[-1] == '\n') && p[n] == '\n')
+			return true;
+	return false;
 }
 
 static void test_slots(void)
@@ -41,9 +43,9 @@ static void test_render(void)
 	metrics_add(&m.w[1].svc[0].sessions[MR_OK], 4);
 	metrics_add(&m.w[1].svc[1].sessions[MR_REFUSED], 1);
 	metrics_add(&m.w[0].svc[0].bytes_in, 1000);
-	metrics_gauge(&m.w[0].active, 2);
-	metrics_gauge(&m.w[1].active, 1);
-	metrics_gauge(&m.w[1].active, -1);
+	metrics_gauge(&m.active[0], 2);
+	metrics_gauge(&m.active[7], 1);
+	metrics_gauge(&m.active[7], -1);
 	metrics_add(&m.w[0].handshakes[MH_LISTEN][MV_TLS13][0], 5);
 	metrics_add(&m.w[1].refusals[metrics_code_index("dane-required")], 2);
 	metrics_add(&m.w[0].auth[metrics_auth_index("dane-ee")], 1);
@@ -77,6 +79,7 @@ static void test_render(void)
 	CHECK(has(buf, "mailshim_session_seconds_count 1"));
 	CHECK(has(buf, "mailshim_reloads_total{result=\"ok\"} 2"));
 	CHECK(has(buf, "mailshim_config_generation 3"));
+	CHECK(has(buf, "mailshim_up 1"));
 	CHECK(has(buf, "# TYPE mailshim_sessions_total counter"));
 	CHECK(has(buf, "# TYPE mailshim_handshake_seconds histogram"));
 	/* Only the workers asked for are summed. */

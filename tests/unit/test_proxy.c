@@ -1,6 +1,7 @@
 /* proxy: PROXY v1/v2 headers parsed exactly, built headers parse back. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <stdlib.h>
 
 #include "proxy.h"
 #include "unit.h"
@@ -71,13 +72,15 @@ static void test_v2_roundtrip(void)
 	CHECK_EQ(ntohs(((struct sockaddr_in6 *)&pi.src)->sin6_port), 7);
 	n = proxy_build(1, (struct sockaddr *)&s4, (struct sockaddr *)&d4, out, sizeof(out));
 	CHECK(n == strlen("PROXY TCP4 198.51.100.23 127.0.0.1 4242 25\r\n"));
-	/* Bad version nibble, absurd length, unknown family. */
+	/* Bad version nibble, unknown family; a large length only asks for
+	 * more bytes (the protocol allows 65535 of them). */
 	n = proxy_build(2, (struct sockaddr *)&s4, (struct sockaddr *)&d4, out, sizeof(out));
 	out[12] = 0x31;
 	CHECK_EQ(proxy_parse(out, n, &pi), -1);
 	out[12] = 0x21;
 	out[14] = 0xff;
-	CHECK_EQ(proxy_parse(out, n, &pi), -1);
+	CHECK_EQ(proxy_parse(out, n, &pi), 0);
+	CHECK_EQ(proxy_want(out, n), 16 + 0xff00 + 12);
 	out[14] = 0;
 	out[13] = 0x31;
 	CHECK_EQ(proxy_parse(out, n, &pi), -1);
@@ -89,9 +92,81 @@ static void test_v2_roundtrip(void)
 	CHECK_EQ(pi.local, 1);
 }
 
+/* A v2 header of the largest size, addresses then TLVs (a load balancer's
+ * certificates and metadata), from a heap block of exactly its size. */
+static void test_v2_large(void)
+{
+	struct sockaddr_in s4 = { .sin_family = AF_INET, .sin_port = htons(4242) };
+	struct sockaddr_in d4 = { .sin_family = AF_INET, .sin_port = htons(25) };
+	size_t total = PROXY_V2_FIXED + 65535, i;
+	uint8_t *h = malloc(total), *copy;
+	struct proxy_info pi;
+	size_t n;
+
+	CHECK(h != NULL);
+	if (h == NULL)
+		return;
+	inet_pton(AF_INET, "203.0.113.7", &s4.sin_addr);
+	inet_pton(AF_INET, "127.0.0.1", &d4.sin_addr);
+	n = proxy_build(2, (struct sockaddr *)&s4, (struct sockaddr *)&d4, h, total);
+	CHECK_EQ(n, 28);
+	/* One TLV (type 0xE0, custom) fills the rest. */
+	h[28] = 0xe0;
+	h[29] = (uint8_t)((total - 31) >> 8);
+	h[30] = (uint8_t)(total - 31);
+	memset(h + 31, 'x', total - 31);
+	h[14] = 0xff;
+	h[15] = 0xff;
+	CHECK_EQ(proxy_want(h, 1), PROXY_V2_FIXED);
+	CHECK_EQ(proxy_want(h, 15), PROXY_V2_FIXED);
+	CHECK_EQ(proxy_want(h, 16), total);
+	CHECK_EQ(PROXY_MAX, total);
+	for (i = 0; i < total; i += 997)
+		CHECK_EQ(proxy_parse(h, i, &pi), 0);
+	CHECK_EQ(proxy_parse(h, total - 1, &pi), 0);
+	copy = malloc(total);
+	CHECK(copy != NULL);
+	if (copy != NULL) {
+		memcpy(copy, h, total);
+		CHECK_EQ(proxy_parse(copy, total, &pi), (int)total);
+		CHECK_EQ(pi.local, 0);
+		CHECK_EQ(pi.src.ss_family, AF_INET);
+		CHECK(memcmp(&((struct sockaddr_in *)&pi.src)->sin_addr, &s4.sin_addr, 4) == 0);
+		CHECK_EQ(ntohs(((struct sockaddr_in *)&pi.src)->sin_port), 4242);
+		free(copy);
+	}
+	/* Bytes after the header are not the header's. */
+	{
+		uint8_t *more = malloc(total + 5);
+		CHECK(more != NULL);
+		if (more != NULL) {
+			memcpy(more, h, total);
+			memcpy(more + total, "\x16\x03\x01..", 5);
+			CHECK_EQ(proxy_parse(more, total + 5, &pi), (int)total);
+			free(more);
+		}
+	}
+	/* Over 1024 bytes, which once was refused: 2000 bytes of TLVs. */
+	h[14] = (uint8_t)((12 + 2000) >> 8);
+	h[15] = (uint8_t)(12 + 2000);
+	h[29] = (uint8_t)((2000 - 3) >> 8);
+	h[30] = (uint8_t)(2000 - 3);
+	CHECK_EQ(proxy_want(h, 16), 16 + 12 + 2000);
+	CHECK_EQ(proxy_parse(h, 16 + 12 + 2000, &pi), 16 + 12 + 2000);
+	/* LOCAL with a large TLV area: the real peer stays. */
+	h[12] = 0x20;
+	CHECK_EQ(proxy_parse(h, 16 + 12 + 2000, &pi), 16 + 12 + 2000);
+	CHECK_EQ(pi.local, 1);
+	/* Not a header at all. */
+	CHECK_EQ(proxy_want((const uint8_t *)"EHLO x\r\n", 8), 0);
+	CHECK_EQ(proxy_want((const uint8_t *)"PROXY TCP4", 10), PROXY_V1_MAX);
+	free(h);
+}
+
 int main(void)
 {
 	test_v1();
 	test_v2_roundtrip();
+	test_v2_large();
 	return unit_done("test_proxy");
 }
