@@ -25,7 +25,7 @@ BIN      := mailshim
 endif
 
 # Modules with no I/O: unit-tested and fuzzed alone.
-PURE     := buf config smtp proxy
+PURE     := buf config smtp_client smtp_server smtp_setup proxy
 # The rest: sockets, TLS, events.
 IO       := main listener conn endpoint relay tls log
 OBJS     := $(addprefix $(B)/,$(addsuffix .o,$(PURE) $(IO)))
