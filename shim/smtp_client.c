@@ -203,12 +203,13 @@ static struct check check_starttls(struct smtp *s, const struct line *l)
 	return has_args(l) ? refuse_with(&t_tls_syntax) : go;
 }
 
-/* XCLIENT, XFORWARD: whatever the spelling, never forwarded. */
+/* XCLIENT, XFORWARD: refused whatever the spelling, never forwarded
+ * (after the policy, which may refuse them first). */
 static struct check check_identity(struct smtp *s, const struct line *l)
 {
-	(void)s;
-	(void)l;
-	return refuse_with(&t_identity);
+	struct check c = check_session(s, l);
+
+	return c.t ? c : refuse_with(&t_identity);
 }
 
 /*

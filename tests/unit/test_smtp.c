@@ -1348,7 +1348,7 @@ static void test_spelled_open_verbs(void)
 }
 
 /* XCLIENT and XFORWARD: answered here in every spelling, never forwarded,
- * in every mode and whether TLS is up or not. */
+ * in every mode (before TLS where it is required: 530, as any command). */
 static void test_identity_commands(void)
 {
 	static const char *const verbs[] = { "XCLIENT", "XFORWARD" };
@@ -1361,10 +1361,15 @@ static void test_identity_commands(void)
 				struct buf l = { 0 };
 				int as = spell(&l, verbs[i], "ADDR=192.0.2.77 NAME=trusted.example", how);
 				char *c = cat(l.p, "NOOP\r\n", NULL);
-				char *down = cat(G, as == AS_BADCHAR ? R500 : R550_ID, "250 ok\r\n");
+				char *down = cat(G, as == AS_VERB ? R550_ID : refusal(as), "250 ok\r\n");
 				struct step st[] = { { c, strlen(c), LIT(G "250 ok\r\n") }, { 0 } };
 				struct want w = { "NOOP\r\n", down, "", 0 };
 				scenario(sp_name[how], modes[m], true, st, &w);
+				free(down);
+				down = cat(G, as == AS_VERB ? R530 : refusal(as), "250 ok\r\n");
+				w.down = down;
+				if (modes[m] == SMTP_LISTEN_STARTTLS)
+					scenario(sp_name[how], modes[m], false, st, &w);
 				free(c);
 				free(down);
 				buf_free(&l);
