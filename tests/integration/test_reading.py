@@ -361,6 +361,31 @@ def test_data_spellings_keep_the_smuggling_check(make_shim, pf, ports, pki, requ
     assert smuggled not in pf.maillog()
 
 
+def test_white_space_before_a_verb_where_postfix_cuts_the_line(make_shim, pf, ports, pki):
+    """Postfix reads at most line_length_limit (2048) bytes of a command
+    and drops the rest: behind 2044 spaces, "DATAX" is DATA to it (the
+    control, without the shim). The shim reads the whole line and would
+    see an unknown verb; it refuses white space before a verb instead of
+    guessing where an upstream cuts."""
+    line = b" " * 2044 + b"DATAX\r\n"
+    c = connect(pf.smtp_port)
+    assert c.cmd("EHLO client.test")[0] == 250
+    assert c.cmd("MAIL FROM:<sender@client.test>")[0] == 250
+    assert c.cmd("RCPT TO:<bob@remote.test>")[0] == 250
+    c.send(line)
+    assert c.reply()[0] == 354
+    c.close()
+    shim, port = start(make_shim, ports, pki, pf.smtp_port)
+    c = connect(port)
+    assert c.cmd("EHLO client.test")[0] == 250
+    assert c.cmd("MAIL FROM:<sender@client.test>")[0] == 250
+    assert c.cmd("RCPT TO:<bob@remote.test>")[0] == 250
+    c.send(line)
+    assert c.reply()[1] == [SHIM_LEAD]
+    assert c.cmd("NOOP")[0] == 250
+    assert c.cmd("QUIT")[0] == 221
+
+
 # --------------------------------------------------------------------------
 # STARTTLS
 

@@ -1542,6 +1542,29 @@ static void test_ehlo_identity(void)
 	scenario("identity hidden, starttls", SMTP_LISTEN_STARTTLS, false, st, &w);
 }
 
+/* A closed session stays closed, whatever the caller does next. */
+static void test_dead_is_final(void)
+{
+	static char scratch[SMTP_EHLO_MAX + 64];
+	struct smtp s = session(SMTP_LISTEN_STARTTLS, true);
+	struct smtp_result r;
+
+	r = smtp_server(&s, (const uint8_t *)"hello\r\n", 7, scratch);
+	CHECK_EQ(r.v, SMTP_CLOSE);
+	smtp_listen_tls_up(&s);
+	smtp_upstream_tls_up(&s);
+	CHECK_EQ(smtp_client(&s, (const uint8_t *)"NOOP\r\n", 6).v, SMTP_CLOSE);
+	CHECK_EQ(smtp_server(&s, (const uint8_t *)G, sizeof(G) - 1, scratch).v, SMTP_CLOSE);
+
+	smtp_init(&s, SMTP_LISTEN_STARTTLS, true, false);
+	smtp_server(&s, (const uint8_t *)G, sizeof(G) - 1, scratch);
+	r = smtp_client(&s, (const uint8_t *)"BDAT x\r\n", 8);
+	CHECK_EQ(r.v, SMTP_CLOSE);
+	smtp_listen_tls_up(&s);
+	CHECK_EQ(smtp_client(&s, (const uint8_t *)"NOOP\r\n", 6).v, SMTP_CLOSE);
+	CHECK_EQ(smtp_server(&s, (const uint8_t *)"250 ok\r\n", 8, scratch).v, SMTP_CLOSE);
+}
+
 int main(void)
 {
 	test_ehlo_modes();
@@ -1577,5 +1600,6 @@ int main(void)
 	test_ehlo_identity();
 	test_bdat_cap();
 	test_whole_replies();
+	test_dead_is_final();
 	return unit_done("test_smtp");
 }
