@@ -123,6 +123,8 @@ struct verb {
 	struct smtp_result (*proceed)(struct smtp *, const struct line *);
 };
 
+/* The line p[0..n), LF included, cut as Postfix's smtpd_token cuts it:
+ * white space before the verb, the verb, white space, the arguments. */
 static void words(struct line *l, const uint8_t *p, size_t n)
 {
 	size_t i = 0;
@@ -164,7 +166,8 @@ static struct check close_with(const struct text *t, const char *why)
 	return c;
 }
 
-/* Every check starts here: a verb must open the line. */
+/* A verb must open the line; the checks start here (BDAT's own syntax
+ * refuses it too). */
 static struct check check_line(const struct line *l)
 {
 	return l->at > 0 ? refuse_with(&t_lead) : go;

@@ -15,7 +15,7 @@
 
 /* Client side reading modes (cstate). */
 enum {
-	C_CMD,      /* command lines */
+	C_CMD = 0,  /* command lines (where a session starts) */
 	C_WAIT,     /* DATA or AUTH forwarded: its reply decides what follows */
 	C_BODY,     /* DATA body, up to CRLF.CRLF */
 	C_CHUNK,    /* BDAT chunk: chunk_left bytes nobody reads */
@@ -27,10 +27,10 @@ enum {
 };
 
 /* Server side (sstate): whole replies, or nothing more. */
-enum { S_REPLY, S_DEAD };
+enum { S_REPLY = 0, S_DEAD };
 
 /* Upstream STARTTLS dialogue (setup). */
-enum { SETUP_NONE, SETUP_GREETING, SETUP_EHLO, SETUP_STARTTLS, SETUP_TLS,
+enum { SETUP_NONE = 0, SETUP_GREETING, SETUP_EHLO, SETUP_STARTTLS, SETUP_TLS,
 	SETUP_FAILED };
 
 /* What waits for a reply (queue entries). */

@@ -179,13 +179,13 @@ struct smtp_result smtp_setup(struct smtp *s, const uint8_t *p, size_t len)
 void smtp_init(struct smtp *s, enum smtp_listen listen_mode,
     bool plain_allowed, bool upstream_setup)
 {
+	/* Zero is where each reader starts: C_CMD, S_REPLY, SETUP_NONE. */
 	memset(s, 0, sizeof(*s));
 	s->listen_mode = (uint8_t)listen_mode;
 	s->plain_allowed = plain_allowed;
 	s->listen_tls = listen_mode == SMTP_LISTEN_IMPLICIT;
-	s->cstate = C_CMD;
-	s->sstate = S_REPLY;
-	s->setup = upstream_setup ? SETUP_GREETING : SETUP_NONE;
+	if (upstream_setup)
+		smtp_setup_enter(s, SETUP_GREETING);
 	if (!upstream_setup)
 		smtp_qpush(s, K_GREETING);
 }
