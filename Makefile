@@ -31,7 +31,8 @@ BIN      := mailshim
 endif
 
 # Modules with no I/O: unit-tested and fuzzed alone.
-PURE     := buf config smtp proxy reason dane http metrics
+PURE     := buf config smtp_client smtp_server smtp_setup proxy reason dane \
+            http metrics
 # The rest: sockets, TLS, events.
 IO       := main listener conn endpoint relay tls verify log dns upname \
             handshake proxyin upsetup

@@ -7,10 +7,18 @@
  *  - smtp_client(): bytes the mail client sent, in order. Commands are
  *    tracked through pipelining (RFC 2920), DATA bodies up to CRLF.CRLF,
  *    BDAT chunks (RFC 3030) and SASL exchanges, so no byte of a message body
- *    or of an AUTH response is ever taken for a command.
- *  - smtp_server(): bytes the upstream sent, in order. Replies are matched
- *    to the commands waiting for them; a positive EHLO reply is rewritten
- *    (STARTTLS added or removed, AUTH hidden before TLS when required).
+ *    or of an AUTH response is ever taken for a command. A command line is
+ *    read as Postfix's smtpd reads it: the verb ends at any white space
+ *    (space, HT, VT, FF), case does not matter. A line that a server could
+ *    read otherwise (white space before the verb, a bare CR, a NUL) is
+ *    refused with 500 and never forwarded. XCLIENT and XFORWARD are
+ *    answered here and never forwarded: the client's identity is the
+ *    shim's to tell.
+ *  - smtp_server(): bytes the upstream sent, in order. Replies are
+ *    collected whole (at most SMTP_REPLY_MAX bytes) and matched to the
+ *    commands waiting for them, so the client gets a reply whole or not at
+ *    all; a positive EHLO reply is rewritten (STARTTLS added or removed,
+ *    XCLIENT and XFORWARD removed, AUTH hidden before TLS when required).
  * Upstream STARTTLS (the shim is the client there) has its own small
  * dialogue: smtp_setup().
  *
@@ -28,8 +36,15 @@
 #define SMTP_LINE_MAX 4096
 /* Commands that may wait for replies at once (pipelining depth). */
 #define SMTP_QUEUE 64
-/* Longest EHLO reply handled (whole reply, all lines). */
-#define SMTP_EHLO_MAX 8192
+/* Longest reply relayed (whole reply, all lines); a longer one ends the
+ * session with 421. */
+#define SMTP_REPLY_MAX 8192
+/* The EHLO rewrite's input bound: scratch is SMTP_EHLO_MAX + 64 bytes. */
+#define SMTP_EHLO_MAX SMTP_REPLY_MAX
+/* Largest BDAT chunk when the upstream's EHLO reply gives no SIZE (1 GiB:
+ * any server's parser holds it, even in 32 bits). A larger chunk, or one
+ * over the advertised SIZE, gets 552 and ends the session. */
+#define SMTP_CHUNK_MAX ((uint64_t)1 << 30)
 
 enum smtp_verdict {
 	SMTP_MORE,     /* nothing complete: read more (n = 0) */
@@ -83,6 +98,7 @@ struct smtp {
 	size_t reply_len;         /* bytes of the reply being read so far */
 	bool reply_starttls;      /* setup: EHLO reply has STARTTLS */
 	bool up_chunking;         /* the upstream's EHLO reply offered CHUNKING */
+	uint64_t up_size;         /* its SIZE, 0 if none (SMTP_CHUNK_MAX then) */
 	/* Commands waiting for replies, oldest first (ring buffer). */
 	uint8_t q[SMTP_QUEUE];
 	uint8_t qhead, qlen;

@@ -4,8 +4,9 @@
  * the rest is a script of chunks, each tagged for the client side, the
  * server side (or the STARTTLS dialogue before it) or a TLS transition.
  * Bytes a verdict leaves uncovered are offered again with the next chunk,
- * as the caller's buffer would. Invariants: n never exceeds the input, and
- * verdicts that carry a reply carry a sane one.
+ * as the caller's buffer would. Invariants: n never exceeds the input,
+ * verdicts that carry a reply carry a sane one, and the upstream's replies
+ * pass whole (a PASS ends with the last line of a reply).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,18 @@ static void check(struct smtp_result r, size_t len)
 	if (r.reply != NULL && (r.reply_len < 4 || r.reply_len > SMTP_EHLO_MAX + 64))
 		abort();
 	if (r.reply != NULL && (r.reply[r.reply_len - 1] != '\n'))
+		abort();
+}
+
+static void whole(const uint8_t *p, size_t n)
+{
+	size_t last = n - 1;
+
+	if (n < 4 || p[n - 1] != '\n')
+		abort();
+	while (last > 0 && p[last - 1] != '\n')
+		last--;
+	if (n - last < 4 || p[last + 3] == '-')
 		abort();
 }
 
@@ -66,6 +79,8 @@ static int run_server(struct smtp *s, struct side *v, int *setup)
 			return 0;
 		if (r.v == SMTP_CLOSE || r.v == SMTP_REFUSE)
 			return -1;
+		if (r.v == SMTP_PASS && !*setup)
+			whole(v->buf, r.n);
 		drop(v, r.n);
 		if (r.v == SMTP_START_TLS) {
 			smtp_upstream_tls_up(s);

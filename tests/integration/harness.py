@@ -1342,3 +1342,14 @@ def make_body(size, rnd, kind):
 
 def sha256(b):
     return hashlib.sha256(b).hexdigest()
+
+
+def postfix_main_add(pf, *lines):
+    """Add main.cf lines to a PrivatePostfix before its start (the last
+    setting of a parameter wins), keeping the file's old mtime."""
+    path = pf.conf / "main.cf"
+    st = path.stat()
+    with open(path, "a") as f:
+        for line in lines:
+            f.write(line + "\n")
+    os.utime(path, (st.st_atime, st.st_mtime))

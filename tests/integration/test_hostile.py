@@ -381,13 +381,32 @@ def test_upstream_1mib_reply_line(make_shim, fake_upstream, fake_client, ports, 
     assert shim.proc.alive()
 
 
-def test_upstream_long_multiline_reply_is_relayed(make_shim, fake_upstream, fake_client,
-                                                  ports, pki):
-    """Replies other than EHLO's go on line by line, whatever their total
-    length: a valid 70 KiB multi-line reply arriving in one burst (more
-    than a relay buffer) must reach the client whole."""
+def test_upstream_multiline_reply_over_the_limit_ends_the_session(make_shim, fake_upstream,
+                                                                  fake_client, ports, pki):
+    """Replies are relayed whole, so their length is bounded (8 KiB): a
+    valid 70 KiB multi-line reply arriving in one burst (more than a relay
+    buffer) ends the session, and the client gets the 421 alone, nothing
+    of the reply."""
     reply = b"".join(b"214-help line %04d %s\r\n" % (i, b"h" * 50) for i in range(1000))
     reply += b"214 2.0.0 end of help\r\n"
+    up = fake_upstream([send(b"220 fake.test ESMTP\r\n"), expect_line(r"^HELP"),
+                        send(reply), stall(10)])
+    shim, port = start(make_shim, ports, pki, up.port, timeout_idle="5s")
+    c = fake_client(port)
+    c.run([expect_reply(r"^220 "), send("HELP\r\n")])
+    data, closed = c.read_until_closed(8)
+    assert closed, data[:200]
+    assert data == b"421 4.4.0 upstream sent a malformed reply\r\n", data[:200]
+    ended(shim, ("error",), r"too long")
+
+
+def test_upstream_multiline_reply_at_the_limit_is_relayed(make_shim, fake_upstream, fake_client,
+                                                          ports, pki):
+    """Just under the bound, a multi-line reply in one burst reaches the
+    client whole, and the session goes on."""
+    reply = b"".join(b"214-help line %04d %s\r\n" % (i, b"h" * 50) for i in range(110))
+    reply += b"214 2.0.0 end of help\r\n"
+    assert 7000 < len(reply) <= 8192
     up = fake_upstream([send(b"220 fake.test ESMTP\r\n"), expect_line(r"^HELP"),
                         send(reply), expect_line(r"^QUIT"), send(b"221 2.0.0 Bye\r\n"),
                         close()])

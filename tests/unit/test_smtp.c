@@ -155,6 +155,19 @@ static bool client_turn(struct smtp *s, struct run *r, struct feed *c,
 	}
 }
 
+/* Replies pass whole: what a PASS covers ends with the last line of a
+ * reply ("ddd " or "ddd\r\n"), never inside a multi-line one. */
+static bool whole_replies(const char *p, size_t n)
+{
+	size_t last = n - 1;
+
+	if (n < 4 || p[n - 1] != '\n')
+		return false;
+	while (last > 0 && p[last - 1] != '\n')
+		last--;
+	return n - last >= 4 && p[last + 3] != '-';
+}
+
 static bool server_turn(struct smtp *s, struct run *r, struct feed *u,
     bool *hold)
 {
@@ -169,6 +182,8 @@ static bool server_turn(struct smtp *s, struct run *r, struct feed *u,
 		u->blocked = true;
 		return true;
 	case SMTP_PASS:
+		if (!whole_replies(u->in.p + u->used, v.n))
+			r->bad++;
 		put(&r->down, u->in.p + u->used, v.n);
 		u->used += v.n;
 		*hold = false;
@@ -345,6 +360,11 @@ static void scenario(const char *name, enum smtp_listen m, bool plain_allowed,
 #define R530 "530 5.7.0 Must issue a STARTTLS command first\r\n"
 #define R503 "503 5.5.1 Send EHLO first\r\n"
 #define R421 "421 4.4.0 upstream sent a malformed reply\r\n"
+#define R500 "500 5.5.2 invalid character in command\r\n"
+#define R500_LEAD "500 5.5.2 white space before the command\r\n"
+#define R501_BDAT "501 5.5.4 Syntax: BDAT size [LAST]\r\n"
+#define R550_ID "550 5.7.0 Client identity is set by the relay, not by commands\r\n"
+#define R552 "552 5.3.4 BDAT chunk larger than the message size limit\r\n"
 #define MALFORMED "close:malformed reply from upstream"
 
 /* ---- EHLO rewrite ---- */
@@ -413,7 +433,7 @@ static void test_starttls_flow(void)
 		STEP("EHLO c\r\n", G EHLO_UP),
 		STEP("STARTTLS\r\nMAIL FROM:<evil>\r\n", ""), { 0 } };
 	static const struct step args[] = {
-		STEP("STARTTLS now\r\nSTARTTLS \r\nQUIT\r\n", G "221 bye\r\n"), { 0 } };
+		STEP("STARTTLS now\r\nSTARTTLS\tnow\r\nQUIT\r\n", G "221 bye\r\n"), { 0 } };
 	static const struct step plain[] = {
 		STEP("STARTTLS\r\nNOOP\r\n", G "250 ok\r\n"), { 0 } };
 	struct want w = { "EHLO c\r\nNOOP\r\nEHLO c\r\nMAIL FROM:<a>\r\n",
@@ -493,7 +513,8 @@ static void test_tls_required(void)
 
 #define BODY "STARTTLS\r\nEHLO x\r\nQUIT\r\n..\r\n.x\r\na\nb\r\nx\ry\r\n" \
 	"BDAT 5\r\n\r\n"
-#define TRANSACTION "MAIL FROM:<a>\r\nRCPT TO:<b>\r\nDATA\r\n"
+#define TRANSACTION_LINES "MAIL FROM:<a>\r\nRCPT TO:<b>\r\n"
+#define TRANSACTION TRANSACTION_LINES "DATA\r\n"
 #define TRANSACTION_UP "250 ok\r\n250 ok\r\n354 go\r\n"
 
 static void test_data(void)
@@ -619,14 +640,15 @@ static void test_bdat(void)
 	w.up = "EHLO c\r\nMAIL FROM:<a>\r\nRCPT TO:<b>\r\nBDAT 12\r\n\r\n.\r\nQUIT\r\nx"
 	    "BDAT 3 last\r\nabcBDAT 0 LAST\r\nQUIT\r\n";
 	scenario("bdat chunks", SMTP_LISTEN_PLAIN, false, st, &w);
-	w.up = "EHLO c\r\nBDAT 18446744073709551615\r\nQUIT\r\n";
-	w.down = G "250-mx\r\n250 CHUNKING\r\n";
-	w.pending = 1;
+	/* Past any message size: refused, and where the chunk ends is moot. */
+	w.up = "EHLO c\r\n";
+	w.down = G "250-mx\r\n250 CHUNKING\r\n" R552;
+	w.end = "close:BDAT chunk over the message size limit";
 	scenario("bdat largest size", SMTP_LISTEN_PLAIN, false, huge, &w);
+	w.end = "";
 	/* No CHUNKING upstream: answered here, the chunk never read as commands. */
 	w.up = "EHLO c\r\nNOOP\r\n";
 	w.down = G "250 mx\r\n502 5.5.1 BDAT not supported by the mail server\r\n250 ok\r\n";
-	w.pending = 0;
 	scenario("bdat without chunking", SMTP_LISTEN_PLAIN, false, nochunking, &w);
 }
 
@@ -746,10 +768,10 @@ static void test_malformed_replies(void)
 {
 	static const struct { const char *in; size_t len; const char *passed; } bad[] = {
 		{ LIT("25O x\r\n"), "" }, { LIT("199 x\r\n"), "" }, { LIT("600 x\r\n"), "" },
-		{ LIT("250-a\r\n251 b\r\n"), "250-a\r\n" }, { LIT("250 a\0b\r\n"), "" },
+		{ LIT("250-a\r\n251 b\r\n"), "" }, { LIT("250 a\0b\r\n"), "" },
 		{ LIT("250x\r\n"), "" }, { LIT("2\r\n"), "" }, { LIT("\r\n"), "" },
 		{ LIT("250 a\rb\r\n"), "" },
-		{ LIT("250-a\r\n250-b\r\n25 c\r\n"), "250-a\r\n250-b\r\n" },
+		{ LIT("250-a\r\n250-b\r\n25 c\r\n"), "" },
 	};
 
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -778,8 +800,9 @@ static void test_long_replies(void)
 		puts_(&help, "\r\n");
 	}
 	puts_(&help, "214 end\r\n");
+	/* Past SMTP_REPLY_MAX: nothing of it reaches the client, only the 421. */
 	struct step st[] = { { "HELP\r\n", 6, help.p, help.len }, { 0 } };
-	struct want w = { "HELP\r\n", help.p, "", 0 };
+	struct want w = { "HELP\r\n", G R421, "close:upstream reply too long", 1 };
 	scenario("long multi-line reply", SMTP_LISTEN_PLAIN, false, st, &w);
 
 	puts_(&ehlo, G "250-mx\r\n");
@@ -790,7 +813,7 @@ static void test_long_replies(void)
 	}
 	puts_(&ehlo, "250 END\r\n");
 	struct step est[] = { { "EHLO c\r\n", 8, ehlo.p, ehlo.len }, { 0 } };
-	struct want ew = { "EHLO c\r\n", G R421, "close:EHLO reply too long", 1 };
+	struct want ew = { "EHLO c\r\n", G R421, "close:upstream reply too long", 1 };
 	scenario("EHLO reply too long", SMTP_LISTEN_PLAIN, false, est, &ew);
 
 	puts_(&longline, G "250 ");
@@ -822,7 +845,7 @@ static void test_long_replies(void)
 	smtp_client(&s, (const uint8_t *)"EHLO c\r\n", 8);
 	r = smtp_server(&s, (const uint8_t *)edge.p + sizeof(G) - 1, 8193, scratch);
 	CHECK_EQ(r.v, SMTP_CLOSE);
-	CHECK_STR(r.reason, "EHLO reply too long");
+	CHECK_STR(r.reason, "upstream reply too long");
 	buf_free(&edge);
 
 	/* Under the limit, but bare LF lines grow by a CR each in the rewrite. */
@@ -832,6 +855,7 @@ static void test_long_replies(void)
 		puts_(&tiny, "250-a\n");
 	puts_(&tiny, "250 b\n");
 	struct step tst[] = { { "EHLO c\r\n", 8, tiny.p, tiny.len }, { 0 } };
+	ew.end = "close:EHLO reply too long";
 	scenario("EHLO rewrite too long", SMTP_LISTEN_PLAIN, false, tst, &ew);
 	buf_free(&tiny);
 
@@ -1058,6 +1082,489 @@ static void test_setup_tls_pending(void)
 	CHECK_STR(r.reply, "421 4.7.0 TLS to the upstream failed, try again later\r\n");
 }
 
+/* ---- command lines in every spelling ---- */
+
+/*
+ * Classes of spelling, after what Postfix's smtpd makes of them: white
+ * space (SP, HT, VT, FF) ends the verb and separates the words, case does
+ * not matter. The shim reads them the same way, except what it refuses:
+ * white space before the verb and a CR before the CRLF.
+ */
+enum { SP_CANON, SP_MIXED, SP_LEAD_SP, SP_LEAD_TAB, SP_TRAIL_SP, SP_TRAIL_TAB,
+	SP_TRAIL_VT, SP_TRAIL_FF, SP_TRAIL_CR, SP_SEP_TAB, SP_SEP_VT, SP_SEP_FF,
+	SP_SEP_MANY, NSP };
+static const char *const sp_name[] = { "canonical", "mixed case", "leading space",
+	"leading tab", "trailing space", "trailing tab", "trailing VT", "trailing FF",
+	"CR before CRLF", "tab before args", "VT before args", "FF before args",
+	"white space run before args" };
+
+/* What the shim makes of a spelling. */
+enum { AS_VERB, AS_LEAD, AS_BADCHAR };
+
+/* The line "verb[ args]" spelled as `how` says, CRLF ended, into b; its
+ * class, or -1 when the spelling needs arguments and there are none. */
+static int spell(struct buf *b, const char *verb, const char *args, int how)
+{
+	static const char *const lead[NSP] = { [SP_LEAD_SP] = " ", [SP_LEAD_TAB] = "\t" };
+	static const char *const trail[NSP] = { [SP_TRAIL_SP] = " ", [SP_TRAIL_TAB] = "\t",
+		[SP_TRAIL_VT] = "\v", [SP_TRAIL_FF] = "\f", [SP_TRAIL_CR] = "\r" };
+	static const char *const sep[NSP] = { [SP_SEP_TAB] = "\t", [SP_SEP_VT] = "\v",
+		[SP_SEP_FF] = "\f", [SP_SEP_MANY] = " \t\v\f " };
+
+	if (sep[how] && args == NULL)
+		return -1;
+	b->len = 0;
+	puts_(b, lead[how] ? lead[how] : "");
+	for (size_t i = 0; verb[i]; i++) {
+		char c = verb[i];
+		if (how == SP_MIXED && i % 2 == 0)
+			c = (char)(c - 'A' + 'a');
+		put(b, &c, 1);
+	}
+	if (args) {
+		puts_(b, sep[how] ? sep[how] : " ");
+		puts_(b, args);
+	}
+	puts_(b, trail[how] ? trail[how] : "");
+	puts_(b, "\r\n");
+	return lead[how] ? AS_LEAD : how == SP_TRAIL_CR ? AS_BADCHAR : AS_VERB;
+}
+
+static const char *refusal(int as)
+{
+	return as == AS_LEAD ? R500_LEAD : R500;
+}
+
+static char *cat(const char *a, const char *b, const char *c)
+{
+	struct buf o = { 0 };
+
+	puts_(&o, a);
+	puts_(&o, b);
+	puts_(&o, c ? c : "");
+	return o.p;
+}
+
+/* The body after an odd DATA carries lines the shim would act on as
+ * commands: read as body, they reach the upstream as they are. */
+static void test_spelled_data(void)
+{
+	static const char body[] = "STARTTLS\r\nRSET\r\nXCLIENT ADDR=192.0.2.7\r\n.\r\nQUIT\r\n";
+
+	for (int how = 0; how < NSP; how++) {
+		struct buf l = { 0 };
+		int as = spell(&l, "DATA", NULL, how);
+		if (as < 0)
+			continue;
+		char *c = cat(TRANSACTION_LINES, l.p, body);
+		char *up, *down;
+		const char *replies;
+		if (as == AS_VERB) {
+			replies = "250 ok\r\n250 ok\r\n354 go\r\n250 queued\r\n221 bye\r\n";
+			up = cat("EHLO c\r\n", c, NULL);
+			down = cat(G "250 mx\r\n", replies, NULL);
+		} else {
+			/* Refused: what follows is commands, for both. */
+			replies = "250 ok\r\n250 ok\r\n250 ok\r\n500 what\r\n221 bye\r\n";
+			up = cat("EHLO c\r\n" TRANSACTION_LINES, "RSET\r\n.\r\nQUIT\r\n", NULL);
+			struct buf d = { 0 };
+			puts_(&d, G "250 mx\r\n250 ok\r\n250 ok\r\n");
+			puts_(&d, refusal(as));
+			puts_(&d, "502 5.5.1 STARTTLS not available\r\n250 ok\r\n" R550_ID
+			    "500 what\r\n221 bye\r\n");
+			down = d.p;
+		}
+		struct step st[] = { STEP("EHLO c\r\n", G "250 mx\r\n"),
+			{ c, strlen(c), replies, strlen(replies) }, { 0 } };
+		struct want w = { up, down, "", 0 };
+		scenario(sp_name[how], SMTP_LISTEN_PLAIN, false, st, &w);
+		free(c);
+		free(up);
+		free(down);
+		buf_free(&l);
+	}
+}
+
+#define EHLO_IDENT "250-mx.example\r\n250-XCLIENT NAME ADDR PROTO HELO LOGIN\r\n" \
+	"250-STARTTLS\r\n250-xforward\tNAME ADDR\r\n250-XCLIENTS\r\n250-SIZE 1000\r\n" \
+	"250 Xclient\r\n"
+#define EHLO_IDENT_SEEN "250-mx.example\r\n250-XCLIENTS\r\n250-SIZE 1000\r\n250 STARTTLS\r\n"
+
+static void test_spelled_ehlo(void)
+{
+	for (int how = 0; how < NSP; how++) {
+		struct buf l = { 0 };
+		int as = spell(&l, "EHLO", "c", how);
+		struct step st[] = { { l.p, l.len, LIT(G EHLO_IDENT) }, { 0 } };
+		char *down = cat(G, as == AS_VERB ? EHLO_IDENT_SEEN : refusal(as), NULL);
+		struct want w = { as == AS_VERB ? l.p : "", down, "", 0 };
+		if (as != AS_VERB)
+			st[0].slen = sizeof(G) - 1;
+		scenario(sp_name[how], SMTP_LISTEN_STARTTLS, true, st, &w);
+		free(down);
+		buf_free(&l);
+	}
+}
+
+/* After STARTTLS only EHLO or HELO opens the session again. */
+static void test_spelled_helo(void)
+{
+	static char scratch[SMTP_EHLO_MAX + 64];
+
+	for (int how = 0; how < NSP; how++) {
+		struct buf l = { 0 };
+		int as = spell(&l, "HELO", "c", how);
+		struct smtp s = session(SMTP_LISTEN_STARTTLS, true);
+		smtp_server(&s, (const uint8_t *)G, sizeof(G) - 1, scratch);
+		CHECK_EQ(smtp_client(&s, (const uint8_t *)"STARTTLS\r\n", 10).v, SMTP_STARTTLS);
+		smtp_listen_tls_up(&s);
+		char *c = cat(l.p, "MAIL FROM:<a>\r\n", NULL);
+		struct step st[] = { { c, strlen(c), LIT("250 mx\r\n250 ok\r\n") }, { 0 } };
+		char *up = as == AS_VERB ? cat(c, "", NULL) : cat("", "", NULL);
+		char *down = as == AS_VERB ? cat("250 mx\r\n250 ok\r\n", "", NULL) :
+		    cat(refusal(as), R503, NULL);
+		struct want w = { up, down, "", 0 };
+		if (as != AS_VERB)
+			st[0].slen = 0;
+		scenario_from(sp_name[how], &s, st, &w);
+		free(c);
+		free(up);
+		free(down);
+		buf_free(&l);
+	}
+}
+
+static void test_spelled_starttls(void)
+{
+	for (int how = 0; how < NSP; how++) {
+		struct buf l = { 0 };
+		int as = spell(&l, "STARTTLS", NULL, how);
+		if (as < 0)
+			continue;
+		struct step st[] = { STEP("EHLO c\r\n", G EHLO_UP), { l.p, l.len, "", 0 }, { 0 } };
+		char *down = cat(G EHLO_TLS_REQUIRED, as == AS_VERB ? READY : refusal(as), NULL);
+		struct want w = { "EHLO c\r\n", down, "", 0 };
+		scenario(sp_name[how], SMTP_LISTEN_STARTTLS, false, st, &w);
+		free(down);
+		down = cat(G EHLO_NO_TLS, as == AS_VERB ? "502 5.5.1 STARTTLS not available\r\n" :
+		    refusal(as), NULL);
+		w.down = down;
+		scenario(sp_name[how], SMTP_LISTEN_PLAIN, false, st, &w);
+		free(down);
+		buf_free(&l);
+	}
+	/* Arguments, however separated, are a syntax error (as for Postfix). */
+	for (int how = SP_SEP_TAB; how < NSP; how++) {
+		struct buf l = { 0 };
+		spell(&l, "STARTTLS", "x", how);
+		struct step st[] = { { l.p, l.len, LIT(G) }, { 0 } };
+		struct want w = { "", G "501 5.5.4 Syntax: STARTTLS\r\n", "", 0 };
+		scenario(sp_name[how], SMTP_LISTEN_STARTTLS, false, st, &w);
+		buf_free(&l);
+	}
+}
+
+/* An odd AUTH still puts the next line in the SASL exchange. */
+static void test_spelled_auth(void)
+{
+	for (int how = 0; how < NSP; how++) {
+		struct buf l = { 0 };
+		int as = spell(&l, "AUTH", "LOGIN", how);
+		char *c = cat(l.p, "STARTTLS\r\nNOOP\r\n", NULL);
+		const char *replies = as == AS_VERB ? G "334 a\r\n235 ok\r\n250 ok\r\n" :
+		    G "250 ok\r\n";
+		char *up = as == AS_VERB ? cat(c, "", NULL) : cat("NOOP\r\n", "", NULL);
+		char *down = as == AS_VERB ? cat(replies, "", NULL) :
+		    cat(G, refusal(as), "502 5.5.1 STARTTLS not available\r\n250 ok\r\n");
+		struct step st[] = { { c, strlen(c), replies, strlen(replies) }, { 0 } };
+		struct want w = { up, down, "", 0 };
+		scenario(sp_name[how], SMTP_LISTEN_PLAIN, false, st, &w);
+		free(c);
+		free(up);
+		free(down);
+		buf_free(&l);
+	}
+}
+
+/* BDAT: only the plain spelling (any case) goes on; any other white space
+ * ends the session, since a server could size the chunk otherwise. */
+static void test_spelled_bdat(void)
+{
+	for (int how = 0; how < NSP; how++) {
+		struct buf l = { 0 };
+		int as = spell(&l, "BDAT", "6 LAST", how);
+		bool plain = how == SP_CANON || how == SP_MIXED;
+		char *c = cat(l.p, "QUIT\r\nNOOP\r\n", NULL);
+		const char *replies = plain ? "250 6 octets\r\n250 ok\r\n" :
+		    as == AS_BADCHAR ? "221 bye\r\n250 ok\r\n" : "";
+		char *up, *down;
+		const char *end = "";
+		if (plain) {
+			up = cat("EHLO c\r\n", c, NULL);
+			down = cat(G "250-mx\r\n250 CHUNKING\r\n", replies, NULL);
+		} else if (as == AS_BADCHAR) {
+			/* Refused: the upstream never sees a chunk, so QUIT is one. */
+			up = cat("EHLO c\r\nQUIT\r\nNOOP\r\n", "", NULL);
+			down = cat(G "250-mx\r\n250 CHUNKING\r\n", R500, replies);
+		} else {
+			up = cat("EHLO c\r\n", "", NULL);
+			down = cat(G "250-mx\r\n250 CHUNKING\r\n", R501_BDAT, NULL);
+			end = "close:malformed BDAT";
+		}
+		struct step st[] = { STEP("EHLO c\r\n", G "250-mx\r\n250 CHUNKING\r\n"),
+			{ c, strlen(c), replies, strlen(replies) }, { 0 } };
+		struct want w = { up, down, end, 0 };
+		scenario(sp_name[how], SMTP_LISTEN_PLAIN, false, st, &w);
+		free(c);
+		free(up);
+		free(down);
+		buf_free(&l);
+	}
+}
+
+/* The verbs anyone may send before TLS, against one nobody may (MAIL). */
+static void test_spelled_open_verbs(void)
+{
+	static const struct { const char *verb, *args; bool open; } v[] = {
+		{ "RSET", NULL, true }, { "QUIT", NULL, true }, { "NOOP", NULL, true },
+		{ "NOOP", "x", true }, { "MAIL", "FROM:<a>", false },
+	};
+
+	for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++)
+		for (int how = 0; how < NSP; how++) {
+			struct buf l = { 0 };
+			int as = spell(&l, v[i].verb, v[i].args, how);
+			if (as < 0)
+				continue;
+			bool fwd = as == AS_VERB && v[i].open;
+			struct step st[] = { { l.p, l.len, G "250 ok\r\n", fwd ? 30 : 22 }, { 0 } };
+			char *down = cat(G, fwd ? "250 ok\r\n" : as == AS_VERB ? R530 :
+			    refusal(as), NULL);
+			struct want w = { fwd ? l.p : "", down, "", 0 };
+			scenario(sp_name[how], SMTP_LISTEN_STARTTLS, false, st, &w);
+			free(down);
+			buf_free(&l);
+		}
+}
+
+/* XCLIENT and XFORWARD: answered here in every spelling, never forwarded,
+ * in every mode (before TLS where it is required: 530, as any command). */
+static void test_identity_commands(void)
+{
+	static const char *const verbs[] = { "XCLIENT", "XFORWARD" };
+	static const enum smtp_listen modes[] = { SMTP_LISTEN_PLAIN, SMTP_LISTEN_STARTTLS,
+		SMTP_LISTEN_IMPLICIT };
+
+	for (size_t i = 0; i < 2; i++)
+		for (int how = 0; how < NSP; how++)
+			for (size_t m = 0; m < 3; m++) {
+				struct buf l = { 0 };
+				int as = spell(&l, verbs[i], "ADDR=192.0.2.77 NAME=trusted.example", how);
+				char *c = cat(l.p, "NOOP\r\n", NULL);
+				char *down = cat(G, as == AS_VERB ? R550_ID : refusal(as), "250 ok\r\n");
+				struct step st[] = { { c, strlen(c), LIT(G "250 ok\r\n") }, { 0 } };
+				struct want w = { "NOOP\r\n", down, "", 0 };
+				scenario(sp_name[how], modes[m], true, st, &w);
+				free(down);
+				down = cat(G, as == AS_VERB ? R530 : refusal(as), "250 ok\r\n");
+				w.down = down;
+				if (modes[m] == SMTP_LISTEN_STARTTLS)
+					scenario(sp_name[how], modes[m], false, st, &w);
+				free(c);
+				free(down);
+				buf_free(&l);
+			}
+}
+
+/* ---- BDAT and the message size ---- */
+
+/* After an EHLO reply `ehlo`, "BDAT size LAST" is forwarded (ok) or gets
+ * 552 and ends the session. */
+static void bdat_cap_case(const char *name, const char *ehlo, uint64_t size, bool ok)
+{
+	char line[64];
+	struct buf c = { 0 }, down = { 0 };
+
+	snprintf(line, sizeof(line), "BDAT %llu LAST\r\n", (unsigned long long)size);
+	puts_(&c, line);
+	puts_(&down, G);
+	puts_(&down, ehlo);
+	if (ok) {
+		/* Only the command line: the chunk would take too long. */
+		struct step st[] = { { "EHLO c\r\n", 8, NULL, 0 }, { c.p, c.len, "", 0 }, { 0 } };
+		struct buf u = { 0 }, up = { 0 };
+		puts_(&u, G);
+		puts_(&u, ehlo);
+		st[0].s = u.p;
+		st[0].slen = u.len;
+		puts_(&up, "EHLO c\r\n");
+		puts_(&up, line);
+		struct want w = { up.p, down.p, "", 1 };
+		scenario(name, SMTP_LISTEN_PLAIN, false, st, &w);
+		buf_free(&u);
+		buf_free(&up);
+	} else {
+		puts_(&c, "QUIT\r\n");
+		puts_(&down, R552);
+		struct step st[] = { { "EHLO c\r\n", 8, NULL, 0 }, { c.p, c.len, "", 0 }, { 0 } };
+		struct buf u = { 0 };
+		puts_(&u, G);
+		puts_(&u, ehlo);
+		st[0].s = u.p;
+		st[0].slen = u.len;
+		struct want w = { "EHLO c\r\n", down.p,
+			"close:BDAT chunk over the message size limit", 0 };
+		scenario(name, SMTP_LISTEN_PLAIN, false, st, &w);
+		buf_free(&u);
+	}
+	buf_free(&c);
+	buf_free(&down);
+}
+
+static void test_bdat_cap(void)
+{
+	const uint64_t cap = SMTP_CHUNK_MAX;
+
+	bdat_cap_case("SIZE 1000, chunk 1000", "250-mx\r\n250-SIZE 1000\r\n250 CHUNKING\r\n", 1000, true);
+	bdat_cap_case("SIZE 1000, chunk 1001", "250-mx\r\n250-SIZE 1000\r\n250 CHUNKING\r\n", 1001, false);
+	bdat_cap_case("size\\t1000, chunk 1001", "250-mx\r\n250-size\t1000\r\n250 CHUNKING\r\n", 1001, false);
+	bdat_cap_case("no SIZE, chunk at the cap", "250-mx\r\n250 CHUNKING\r\n", cap, true);
+	bdat_cap_case("no SIZE, chunk over the cap", "250-mx\r\n250 CHUNKING\r\n", cap + 1, false);
+	bdat_cap_case("SIZE 0, chunk over the cap", "250-mx\r\n250-SIZE 0\r\n250 CHUNKING\r\n", cap + 1, false);
+	bdat_cap_case("SIZE 0, chunk at the cap", "250-mx\r\n250-SIZE 0\r\n250 CHUNKING\r\n", cap, true);
+	bdat_cap_case("SIZE without a number", "250-mx\r\n250-SIZE\r\n250 CHUNKING\r\n", cap + 1, false);
+	bdat_cap_case("SIZE that overflows", "250-mx\r\n250-SIZE 99999999999999999999999\r\n"
+	    "250 CHUNKING\r\n", cap + 1, false);
+	bdat_cap_case("SIZE above the cap", "250-mx\r\n250-SIZE 4294967296\r\n250 CHUNKING\r\n",
+	    4294967296u, true);
+	bdat_cap_case("SIZE above the cap, over it", "250-mx\r\n250-SIZE 4294967296\r\n"
+	    "250 CHUNKING\r\n", 4294967297u, false);
+	/* The cap applies before any other refusal, so a refused chunk is
+	 * never skipped for ever. */
+	bdat_cap_case("no CHUNKING, chunk over the cap", "250 mx\r\n", cap + 1, false);
+
+	/* Over SIZE 1000 (EHLO_UP) before TLS: 552, not 530. */
+	static const struct step tls[] = { STEP("EHLO c\r\n", G EHLO_UP),
+		STEP("BDAT 1001\r\nQUIT\r\n", ""), { 0 } };
+	struct want w = { "EHLO c\r\n", G EHLO_TLS_REQUIRED R552,
+		"close:BDAT chunk over the message size limit", 0 };
+	scenario("cap before TLS policy", SMTP_LISTEN_STARTTLS, false, tls, &w);
+
+	/* A new EHLO reply replaces what the last one said. */
+	static const struct step again[] = {
+		STEP("EHLO c\r\n", G "250-mx\r\n250-SIZE 10\r\n250 CHUNKING\r\n"),
+		STEP("EHLO c\r\n", "250-mx\r\n250 CHUNKING\r\n"),
+		STEP("BDAT 11 LAST\r\nQUIT\r\n12345", "250 11 octets\r\n"), { 0 } };
+	struct want aw = { "EHLO c\r\nEHLO c\r\nBDAT 11 LAST\r\nQUIT\r\n12345",
+		G "250-mx\r\n250-SIZE 10\r\n250 CHUNKING\r\n250-mx\r\n250 CHUNKING\r\n"
+		"250 11 octets\r\n", "", 0 };
+	scenario("SIZE forgotten by the next EHLO", SMTP_LISTEN_PLAIN, false, again, &aw);
+}
+
+/* ---- replies pass whole ---- */
+
+static void test_whole_replies(void)
+{
+	static char scratch[SMTP_EHLO_MAX + 64];
+	struct smtp s = session(SMTP_LISTEN_PLAIN, false);
+	struct smtp_result r;
+	static const char two[] = "250-first\r\n250 second\r\n";
+
+	smtp_server(&s, (const uint8_t *)G, sizeof(G) - 1, scratch);
+	smtp_client(&s, (const uint8_t *)"NOOP\r\nNOOP\r\n", 12);
+	smtp_client(&s, (const uint8_t *)"NOOP\r\n", 6);
+	/* Every cut inside the reply: nothing passes until it is whole. */
+	for (size_t cut = 1; cut < sizeof(two) - 1; cut++) {
+		struct smtp t = s;
+		r = smtp_server(&t, (const uint8_t *)two, cut, scratch);
+		CHECK_EQ(r.v, SMTP_MORE);
+		r = smtp_server(&t, (const uint8_t *)two, sizeof(two) - 1, scratch);
+		CHECK_EQ(r.v, SMTP_PASS);
+		CHECK_EQ(r.n, sizeof(two) - 1);
+	}
+	/* A complete reply goes on; the one behind it that breaks does not. */
+	static const char mixed[] = "250 a\r\n250-b\r\n550 c\r\n";
+	r = smtp_server(&s, (const uint8_t *)mixed, sizeof(mixed) - 1, scratch);
+	CHECK_EQ(r.v, SMTP_PASS);
+	CHECK_EQ(r.n, 7);
+	r = smtp_server(&s, (const uint8_t *)mixed + 7, sizeof(mixed) - 8, scratch);
+	CHECK_EQ(r.v, SMTP_CLOSE);
+	CHECK_STR(r.reply, R421);
+
+	/* Exactly SMTP_REPLY_MAX bytes pass; one more is refused whole. */
+	for (int extra = 0; extra < 2; extra++) {
+		struct buf u = { 0 };
+		size_t line = 1000;
+		puts_(&u, G);
+		while (u.len - (sizeof(G) - 1) + line + 6 <= SMTP_REPLY_MAX) {
+			puts_(&u, "214-");
+			put_rep(&u, 'h', line);
+			puts_(&u, "\r\n");
+		}
+		size_t rest = SMTP_REPLY_MAX - (u.len - (sizeof(G) - 1)) - 6 + extra;
+		puts_(&u, "214 ");
+		put_rep(&u, 'e', rest);
+		puts_(&u, "\r\n");
+		CHECK_EQ(u.len - (sizeof(G) - 1), SMTP_REPLY_MAX + extra);
+		struct step st[] = { { "HELP\r\n", 6, u.p, u.len }, { 0 } };
+		struct want w = { "HELP\r\n", extra ? G R421 : u.p,
+			extra ? "close:upstream reply too long" : "", extra ? 1 : 0 };
+		scenario(extra ? "reply one byte too long" : "reply at the limit",
+		    SMTP_LISTEN_PLAIN, false, st, &w);
+		buf_free(&u);
+	}
+
+	/* Pipelined replies, each multi-line, cut anywhere. */
+	static const struct step pipe[] = {
+		STEP("EHLO c\r\nHELP\r\nMAIL FROM:<a>\r\nHELP\r\n", G "250-mx\r\n250 8BITMIME\r\n"
+		    "214-a\r\n214-b\r\n214 c\r\n250 ok\r\n214-d\r\n214 e\r\n"), { 0 } };
+	struct want pw = { pipe[0].c, G "250-mx\r\n250 8BITMIME\r\n"
+		"214-a\r\n214-b\r\n214 c\r\n250 ok\r\n214-d\r\n214 e\r\n", "", 0 };
+	scenario("pipelined multi-line replies", SMTP_LISTEN_PLAIN, false, pipe, &pw);
+
+	/* Codes that differ in a multi-line reply: nothing of it, then 421. */
+	static const struct step bad[] = {
+		STEP("HELP\r\nNOOP\r\n", G "214-a\r\n214-b\r\n250 c\r\n"), { 0 } };
+	struct want bw = { "HELP\r\nNOOP\r\n", G R421, MALFORMED, 2 };
+	scenario("mixed codes, nothing passed", SMTP_LISTEN_PLAIN, false, bad, &bw);
+}
+
+/* The EHLO reply hides XCLIENT and XFORWARD in every mode. */
+static void test_ehlo_identity(void)
+{
+	static const struct step st[] = { STEP("EHLO c\r\n", G EHLO_IDENT), { 0 } };
+	struct want w = { "EHLO c\r\n", G "250-mx.example\r\n250-XCLIENTS\r\n250 SIZE 1000\r\n",
+		"", 0 };
+
+	scenario("identity hidden, plain", SMTP_LISTEN_PLAIN, false, st, &w);
+	scenario("identity hidden, implicit", SMTP_LISTEN_IMPLICIT, false, st, &w);
+	w.down = G EHLO_IDENT_SEEN;
+	scenario("identity hidden, starttls", SMTP_LISTEN_STARTTLS, false, st, &w);
+}
+
+/* A closed session stays closed, whatever the caller does next. */
+static void test_dead_is_final(void)
+{
+	static char scratch[SMTP_EHLO_MAX + 64];
+	struct smtp s = session(SMTP_LISTEN_STARTTLS, true);
+	struct smtp_result r;
+
+	r = smtp_server(&s, (const uint8_t *)"hello\r\n", 7, scratch);
+	CHECK_EQ(r.v, SMTP_CLOSE);
+	smtp_listen_tls_up(&s);
+	smtp_upstream_tls_up(&s);
+	CHECK_EQ(smtp_client(&s, (const uint8_t *)"NOOP\r\n", 6).v, SMTP_CLOSE);
+	CHECK_EQ(smtp_server(&s, (const uint8_t *)G, sizeof(G) - 1, scratch).v, SMTP_CLOSE);
+
+	smtp_init(&s, SMTP_LISTEN_STARTTLS, true, false);
+	smtp_server(&s, (const uint8_t *)G, sizeof(G) - 1, scratch);
+	r = smtp_client(&s, (const uint8_t *)"BDAT x\r\n", 8);
+	CHECK_EQ(r.v, SMTP_CLOSE);
+	smtp_listen_tls_up(&s);
+	CHECK_EQ(smtp_client(&s, (const uint8_t *)"NOOP\r\n", 6).v, SMTP_CLOSE);
+	CHECK_EQ(smtp_server(&s, (const uint8_t *)"250 ok\r\n", 8, scratch).v, SMTP_CLOSE);
+}
+
 int main(void)
 {
 	test_ehlo_modes();
@@ -1082,5 +1589,17 @@ int main(void)
 	test_setup_paths();
 	test_setup_then_relay();
 	test_setup_tls_pending();
+	test_spelled_data();
+	test_spelled_ehlo();
+	test_spelled_helo();
+	test_spelled_starttls();
+	test_spelled_auth();
+	test_spelled_bdat();
+	test_spelled_open_verbs();
+	test_identity_commands();
+	test_ehlo_identity();
+	test_bdat_cap();
+	test_whole_replies();
+	test_dead_is_final();
 	return unit_done("test_smtp");
 }
