@@ -685,7 +685,7 @@ static int supervise(struct runtime *rt)
 
 		if (sig == SIGTERM || sig == SIGINT) {
 			/* The first drains, a second closes the live sessions. */
-			signal_all(&sv, sv.stops++ == 0 ? SIG_RETIRE : SIG_CLOSE);
+			signal_all(&sv, sv.stops++ == 0 ? SIGTERM : SIG_CLOSE);
 			if (!sv.stopping)
 				close_listeners(rt);
 			sv.stopping = true;

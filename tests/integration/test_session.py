@@ -403,7 +403,7 @@ def test_max_connections_warning_is_rate_limited(make_shim, fake_upstream, ports
             assert code == 421
     time.sleep(1.5)
     text = shim.stderr_text()
-    lines = [l for l in text.splitlines() if "max_connections" in l]
+    lines = [l for l in text.splitlines() if "max_connections (2) reached" in l]
     assert 1 <= len(lines) <= 4, lines
     counted = sum(int(m.group(1)) if m else 1 for m in
                   (re.search(r"(\d+) more clients refused", l) for l in lines))
