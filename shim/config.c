@@ -159,8 +159,6 @@ static const struct key keys[K_COUNT] = {
  * feature lands. value NULL refuses the key whatever its value.
  */
 static const struct { enum kid key; const char *value; } unbuilt[] = {
-	{ K_UPSTREAM_VERIFY, "dane" },
-	{ K_UPSTREAM_VERIFY, "dane-only" },
 	{ K_UPSTREAM_XCLIENT, "yes" },
 	{ K_METRICS, NULL },
 };
@@ -1090,6 +1088,15 @@ static void finish_upstream(struct ctx *c, struct service *s, struct src *src,
 		s->upstream_key = sdup(c, s->upstream_cert, strlen(s->upstream_cert));
 	if (!src->line[K_UPSTREAM_MIN_VERSION])
 		s->upstream_min_version = tls_min;
+	/* TLSA records hang off a host name (RFC 7672 2.2.3). */
+	if (!src->bad[K_UPSTREAM_VERIFY] && s->upstream_host &&
+	    (s->upstream_verify == VERIFY_DANE || s->upstream_verify == VERIFY_DANE_ONLY) &&
+	    (strchr(s->upstream_host, ':') || strspn(s->upstream_host, "0123456789.") ==
+	    strlen(s->upstream_host)))
+		report(c, line_or_header(s, src, K_UPSTREAM_VERIFY), "%s = %s needs a "
+		    "host name in %s, not an address: DANE looks up TLSA records "
+		    "for the name", NAME(K_UPSTREAM_VERIFY),
+		    config_verify_name(s->upstream_verify), NAME(K_UPSTREAM));
 }
 
 /*

@@ -18,6 +18,8 @@
 #include "proxyin.h"
 #include "reason.h"
 #include "relay.h"
+#include "uplookup.h"
+#include "verify.h"
 #include "upsetup.h"
 
 #define CONN_MAGIC 0x6d73636eu
@@ -33,13 +35,14 @@
 static const char NO_REPLY[] = "";
 
 enum cl_state { CL_PROXY, CL_HANDSHAKE, CL_READY, CL_STARTTLS };
-enum up_state { UP_NONE, UP_CONNECTING, UP_SETUP, UP_HANDSHAKE, UP_READY, UP_GONE };
+enum up_state { UP_NONE, UP_CONNECTING, UP_SETUP, UP_HANDSHAKE, UP_READY, UP_GONE,
+	UP_RESOLVING };
 enum phase { PH_OPEN, PH_RELAY, PH_FINAL };
 
 static const char *const phase_names[] = { "open", "relay", "final" };
 static const char *const cl_names[] = { "proxy", "handshake", "ready", "starttls" };
 static const char *const up_names[] = { "none", "connecting", "setup", "handshake",
-	"ready", "gone" };
+	"ready", "gone", "resolving" };
 static const char *const result_names[] = { "ok", "refused", "error" };
 
 struct conn {
@@ -62,6 +65,9 @@ struct conn {
 	char *detail;                 /* words of the reason's own (FINAL) */
 	struct proxyin *pin;          /* CL_PROXY: the header being read */
 	struct upsetup setup;         /* UP_SETUP: the STARTTLS dialogue */
+	struct uplookup ul;           /* addresses and TLSA records */
+	struct verify_session verify; /* how the upstream is authenticated */
+	char up_text[64];             /* the address in use, for the log */
 	const char *cl_ver, *cl_cipher, *up_ver, *up_auth;
 	union {
 		struct sockaddr sa;
@@ -179,7 +185,7 @@ static void log_session(struct conn *c, enum reason why, const char *detail)
 	    "upstream=%s upstream_tls=%s upstream_auth=%s bytes_in=%llu "
 	    "bytes_out=%llu ms=%lld result=%s%s%s%s%s",
 	    c->id, c->svc->svc->name, client, c->cl_ver, c->cl_cipher,
-	    c->svc->up_text, c->up_ver, c->up_auth,
+	    c->up_text, c->up_ver, c->up_auth,
 	    (unsigned long long)c->c2u.in, (unsigned long long)c->u2c.out,
 	    (long long)((ev_now(c->w->loop) - c->start) * 1000.0),
 	    result_names[res], why != R_NONE ? " reason=\"" : "", words,
@@ -221,6 +227,8 @@ static int conn_close(struct conn *c, enum reason why, const char *detail)
 	if (c->next != NULL)
 		c->next->prev = c->prev;
 	upsetup_free(&c->setup);
+	uplookup_free(&c->ul);
+	verify_session_free(&c->verify);
 	if (c->pin != NULL) {
 		proxyin_free(c->pin);
 		free(c->pin);
@@ -331,8 +339,8 @@ static int client_starttls(struct conn *c)
 
 static int upstream_tls_start(struct conn *c)
 {
-	c->up.ssl = tls_new_upstream(&c->svc->tls, c->up.fd);
-	if (c->up.ssl == NULL)
+	c->up.ssl = tls_new_upstream(&c->svc->tls, c->up.fd, uplookup_sni(&c->ul));
+	if (c->up.ssl == NULL || verify_attach(c->up.ssl, &c->verify) < 0)
 		return fail_now(c, R_UP_TLS_START, NULL);
 	hs_watch(&c->up);
 	up_enter(c, UP_HANDSHAKE);
@@ -359,6 +367,20 @@ static int send_proxy(struct conn *c)
 	return 0;
 }
 
+static int upstream_connect(struct conn *c);
+
+/* This address failed: the next one, within its own timeout_connect. */
+static int upstream_retry(struct conn *c, enum reason why, const char *detail)
+{
+	if (c->ul.next >= c->ul.name->naddr)
+		return fail_now(c, why, detail);
+	log_msg(LEVEL_INFO, "conn=%08x upstream %s: %s; trying the next address", c->id,
+	    c->up_text, detail ? detail : reason_name(why));
+	ep_close(&c->up, c->w->loop);
+	set_deadline(c, c->svc->svc->timeout_connect_ms);
+	return upstream_connect(c);
+}
+
 static int upstream_connected(struct conn *c)
 {
 	int err = 0;
@@ -369,7 +391,7 @@ static int upstream_connected(struct conn *c)
 	if (getsockopt(c->up.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
 		err = errno;
 	if (err != 0)
-		return fail_now(c, R_UP_CONNECT, strerror(err));
+		return upstream_retry(c, R_UP_CONNECT, strerror(err));
 	set_deadline(c, c->svc->svc->timeout_handshake_ms);
 	if (c->svc->svc->upstream_proxy_protocol != PROXY_NO && send_proxy(c) < 0)
 		return fail_now(c, R_UP_PROXY_SEND, NULL);
@@ -385,21 +407,35 @@ static int upstream_connected(struct conn *c)
 	}
 }
 
-/* The upstream's chain passed the library's checks; now the pins. */
+/* The one certificate check (verify.c) said yes during the handshake. */
 static int upstream_checked(struct conn *c)
 {
-	const char *why, *auth;
-
-	why = tls_check_upstream(c->up.ssl, c->svc->svc, &auth);
-	if (why != NULL)
-		return strstr(why, "upstream_pin") != NULL ? fail_now(c, R_UP_PIN, NULL) :
-		    fail_now(c, R_UP_CERT_INVALID, why);
 	c->up_ver = tls_version(c->up.ssl);
-	c->up_auth = auth;
+	c->up_auth = verify_auth_name((enum verify_auth)c->verify.auth);
 	up_enter(c, UP_READY);
 	if (c->svc->svc->upstream_tls == MODE_STARTTLS)
 		smtp_upstream_tls_up(&c->smtp);
 	return 1;
+}
+
+/* The certificate check's own words beat the library's. */
+static void verify_reason(const struct conn *c, struct fail *f)
+{
+	static const enum reason rows[] = {
+		[VF_NOT_TRUSTED] = R_UP_CERT_UNTRUSTED, [VF_HOST_MISMATCH] = R_UP_CERT_HOST,
+		[VF_EXPIRED] = R_UP_CERT_EXPIRED, [VF_NO_PIN] = R_UP_PIN,
+		[VF_TLSA_INVALID] = R_UP_TLSA_INVALID, [VF_DANE_REQUIRED] = R_UP_DANE_REQUIRED,
+		[VF_DNSSEC_INVALID] = R_UP_DNSSEC_INVALID, [VF_VALIDATION] = R_UP_CERT_INVALID,
+		[VF_INTERNAL] = R_UP_TLS_FAILED,
+	};
+	const struct verify_session *v = &c->verify;
+
+	if (v->fail == VF_OK || v->fail >= sizeof(rows) / sizeof(rows[0]))
+		return;
+	fail_set(f, rows[v->fail], v->detail);
+	/* Under DANE every refusal is DANE's (RFC 7672 2.2: 4.7.5). */
+	if (v->tlsa == TLSA_FOUND || v->fail == VF_DANE_REQUIRED)
+		f->reply = reason_reply(R_UP_TLSA_INVALID);
 }
 
 static int upstream_handshake(struct conn *c)
@@ -407,6 +443,8 @@ static int upstream_handshake(struct conn *c)
 	struct fail f;
 	int r = hs_step(&c->up, true, c->svc->svc->upstream_min_version, &f);
 
+	if (r < 0)
+		verify_reason(c, &f);
 	if (r <= 0)
 		return r < 0 ? conn_fail(c, &f) : 0;
 	return upstream_checked(c);
@@ -447,12 +485,31 @@ static int upstream_turn(struct conn *c)
 static void cl_io_cb(struct ev_loop *loop, ev_io *io, int revents);
 static void up_io_cb(struct ev_loop *loop, ev_io *io, int revents);
 
+static void addr_text(const struct sockaddr_storage *a, char *out, size_t len)
+{
+	char ip[INET6_ADDRSTRLEN] = "?";
+
+	if (a->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)a;
+		inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
+		snprintf(out, len, "[%s]:%u", ip, ntohs(s6->sin6_port));
+	} else {
+		const struct sockaddr_in *s4 = (const struct sockaddr_in *)a;
+		inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
+		snprintf(out, len, "%s:%u", ip, ntohs(s4->sin_port));
+	}
+}
+
+/* The upstream's next address: connect, without waiting for it here. */
 static int upstream_connect(struct conn *c)
 {
-	const struct svc_rt *svc = c->svc;
+	const struct sockaddr_storage *a = uplookup_next(&c->ul);
 	int fd, one = 1;
 
-	fd = socket(svc->up_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (a == NULL)
+		return fail_now(c, R_UP_CONNECT, "no address left to try");
+	addr_text(a, c->up_text, sizeof(c->up_text));
+	fd = socket(a->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		int e = errno;
 		/* Out of descriptors is the shim's own limit, not the upstream's. */
@@ -464,9 +521,10 @@ static int upstream_connect(struct conn *c)
 	/* SMTP is a dialogue of short lines: no Nagle delay on replies. */
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	up_enter(c, UP_CONNECTING);
-	if (connect(fd, (const struct sockaddr *)&svc->up_addr, svc->up_len) < 0) {
+	if (connect(fd, (const struct sockaddr *)a, a->ss_family == AF_INET6 ?
+	    sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in)) < 0) {
 		if (errno != EINPROGRESS)
-			return fail_now(c, R_UP_CONNECT, strerror(errno));
+			return upstream_retry(c, R_UP_CONNECT, strerror(errno));
 		c->up.wr_wait = EV_WRITE;
 	}
 	return 1;
@@ -491,6 +549,50 @@ static int relay_enter(struct conn *c)
 	return 1;
 }
 
+/* DNS answered for this session (its addresses, or its TLSA records). */
+static void ul_wake(struct uplookup *ul)
+{
+	struct conn *c = (struct conn *)(void *)((char *)ul - offsetof(struct conn, ul));
+	struct fail f;
+
+	assert(c->magic == CONN_MAGIC);
+	if (c->up_state == UP_RESOLVING) {
+		set_deadline(c, c->svc->svc->timeout_connect_ms);
+		if ((uplookup_resume(ul, &f) == UPLOOKUP_FAIL ? conn_fail(c, &f) :
+		    upstream_connect(c)) < 0)
+			return;
+	} else if (c->up.wr_wait == EP_WAIT_VERIFY) {
+		/* The handshake waits for this answer: go on with it. */
+		c->up.wr_wait = 0;
+	}
+	conn_step(c);
+}
+
+/* Addresses first (and TLSA records under DANE, alongside). */
+static int upstream_resolve(struct conn *c)
+{
+	const struct service *s = c->svc->svc;
+	struct fail f;
+
+	verify_session_init(&c->verify, s);
+	c->ul.svc = s;
+	c->ul.name = c->svc->name;
+	c->ul.dns = c->w->dns;
+	c->ul.v = &c->verify;
+	c->ul.wake = ul_wake;
+	switch (uplookup_start(&c->ul, &f)) {
+	case UPLOOKUP_READY:
+		return upstream_connect(c);
+	case UPLOOKUP_WAIT:
+		up_enter(c, UP_RESOLVING);
+		/* timeout_dns bounds each lookup; this only backs it up. */
+		set_deadline(c, c->w->cfg->timeout_dns_ms + s->timeout_connect_ms);
+		return 0;
+	default:
+		return conn_fail(c, &f);
+	}
+}
+
 /* The client's side is known: start TLS with it (implicit) and connect. */
 static int client_known(struct conn *c)
 {
@@ -501,7 +603,7 @@ static int client_known(struct conn *c)
 	else if (client_tls_start(c) < 0)
 		return GONE;
 	set_deadline(c, s->timeout_connect_ms);
-	return upstream_connect(c);
+	return upstream_resolve(c);
 }
 
 /* A PROXY header from a load balancer comes first. */
@@ -953,7 +1055,9 @@ static int conn_timeout(struct conn *c)
 		if (c->cl_state != CL_READY)
 			return close_now(c, R_CL_HANDSHAKE_TIMEOUT, NULL);
 		if (c->up_state == UP_CONNECTING)
-			return fail_now(c, R_UP_CONNECT_TIMEOUT, NULL);
+			return upstream_retry(c, R_UP_CONNECT_TIMEOUT, NULL);
+		if (c->up_state == UP_RESOLVING)
+			return fail_now(c, R_UP_RESOLVE, "DNS lookup timeout");
 		return fail_now(c, R_UP_HANDSHAKE_TIMEOUT, NULL);
 	case PH_RELAY:
 		if (c->cl_state != CL_READY)
@@ -1046,6 +1150,7 @@ void conn_start(struct worker *w, struct svc_rt *svc, int fd,
 	c->svc = svc;
 	c->start = ev_now(w->loop);
 	c->cl_ver = c->cl_cipher = c->up_ver = c->up_auth = "none";
+	snprintf(c->up_text, sizeof(c->up_text), "%s", svc->up_text);
 	memcpy(&c->peer, peer, peerlen < sizeof(c->peer) ? peerlen : sizeof(c->peer));
 	ep_init(&c->cl, fd);
 	ev_init(&c->cl.io, cl_io_cb);

@@ -31,15 +31,16 @@
 #include "tls.h"
 
 struct generation;
+struct upname;
+struct dns;
 
 /* A service as a worker runs it: built once per configuration load. */
 struct svc_rt {
 	const struct service *svc;
 	struct generation *gen;            /* the load it belongs to */
 	struct svc_tls tls;
-	struct sockaddr_storage up_addr;   /* upstream, resolved at load */
-	socklen_t up_len;
-	char up_text[64];                  /* "IP:PORT" for the log */
+	struct upname *name;               /* the upstream's addresses, per worker */
+	char up_text[64];                  /* upstream as configured, for the log */
 	char ehlo[300];                    /* "EHLO helo_name\r\n" */
 	uint16_t ehlo_len;
 };
@@ -76,6 +77,8 @@ struct worker {
 	void (*on_conn_done)(struct worker *w);  /* listener: resume accepting */
 	struct listen_set *listeners;
 	bool stopping;                     /* SIGTERM: no new sessions */
+	struct dns *dns;                   /* DNSSEC-validating (DANE) */
+	struct dns *dns_plain;             /* upstream names under no DANE policy */
 	char scratch[SMTP_EHLO_MAX + 64];  /* EHLO rewrites, shared */
 };
 

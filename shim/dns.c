@@ -123,10 +123,9 @@ static int no_local_zones(struct ub_ctx *ub, char *err, size_t errlen)
 	return set_opt(ub, "unblock-lan-zones:", "yes", err, errlen) ? -1 : 0;
 }
 
-static int setup(struct ub_ctx *ub, const struct config *cfg, char *err,
-    size_t errlen)
+static int setup(struct ub_ctx *ub, const struct config *cfg, const char *ta,
+    char *err, size_t errlen)
 {
-	const char *ta = cfg->dnssec_trust_anchor;
 	FILE *f;
 	size_t i;
 	int rc;
@@ -139,10 +138,19 @@ static int setup(struct ub_ctx *ub, const struct config *cfg, char *err,
 	    no_local_zones(ub, err, errlen))
 		return -1;
 
+	/* No anchor wanted: a plain resolver (upstreams under no DANE
+	 * policy), which also knows /etc/hosts, as getaddrinfo() would. */
+	if (ta == NULL) {
+		if ((rc = ub_ctx_hosts(ub, NULL))) {
+			snprintf(err, errlen, "/etc/hosts: %s", ub_strerror(rc));
+			return -1;
+		}
+		goto resolvers;
+	}
 	/* The context reads no unbound.conf, so this is the only anchor.
 	 * libunbound reads the file at finalisation; open it here for a
 	 * message that names the file. */
-	if (!ta || !*ta) {
+	if (!*ta) {
 		snprintf(err, errlen, "no dnssec_trust_anchor");
 		return -1;
 	}
@@ -158,6 +166,7 @@ static int setup(struct ub_ctx *ub, const struct config *cfg, char *err,
 		return -1;
 	}
 
+resolvers:
 	/* Forwarders, not stubs: every name goes to them, recursively. Their
 	 * AD bit is ignored; the validator checks every signature itself. */
 	for (i = 0; i < cfg->ndns_resolvers; i++)
@@ -179,15 +188,32 @@ static int setup(struct ub_ctx *ub, const struct config *cfg, char *err,
 	 * fails at start, not at the first lookup: removing a local zone
 	 * that does not exist finalises and changes nothing. */
 	if ((rc = ub_ctx_zone_remove(ub, "mailshim-finalise.invalid."))) {
-		snprintf(err, errlen, "dnssec_trust_anchor %s: %s", ta,
+		snprintf(err, errlen, "dnssec_trust_anchor %s: %s", ta ? ta : "-",
 		    ub_strerror(rc));
 		return -1;
 	}
 	return 0;
 }
 
+static struct dns *make(struct ev_loop *loop, const struct config *cfg,
+    const char *ta, char *err, size_t errlen);
+
 struct dns *dns_new(struct ev_loop *loop, const struct config *cfg,
     char *err, size_t errlen)
+{
+	/* An empty name is refused below, not taken for "no validation". */
+	return make(loop, cfg, cfg->dnssec_trust_anchor ? cfg->dnssec_trust_anchor : "",
+	    err, errlen);
+}
+
+struct dns *dns_new_plain(struct ev_loop *loop, const struct config *cfg,
+    char *err, size_t errlen)
+{
+	return make(loop, cfg, NULL, err, errlen);
+}
+
+static struct dns *make(struct ev_loop *loop, const struct config *cfg,
+    const char *ta, char *err, size_t errlen)
 {
 	struct dns *d = calloc(1, sizeof *d);
 
@@ -201,7 +227,7 @@ struct dns *dns_new(struct ev_loop *loop, const struct config *cfg,
 		snprintf(err, errlen, "cannot create a libunbound context");
 		goto err0;
 	}
-	if (setup(d->ub, cfg, err, errlen))
+	if (setup(d->ub, cfg, ta, err, errlen))
 		goto err1;
 	ev_io_init(&d->io, on_readable, ub_fd(d->ub), EV_READ);
 	d->io.data = d;

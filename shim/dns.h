@@ -108,6 +108,15 @@ typedef void dns_cb(const struct dns_answer *answer, void *arg);
 struct dns *dns_new(struct ev_loop *loop, const struct config *cfg,
     char *err, size_t errlen);
 
+/*
+ * The same without DNSSEC validation, for upstreams under no DANE policy:
+ * private names in unsigned zones (or in /etc/hosts, which it reads) must
+ * resolve as getaddrinfo() would resolve them. Its answers are never
+ * DNS_SECURE.
+ */
+struct dns *dns_new_plain(struct ev_loop *loop, const struct config *cfg,
+    char *err, size_t errlen);
+
 /* Cancel every pending lookup (no callback is called) and free d.
  * NULL is a no-op. Never from inside a dns callback. */
 void dns_free(struct dns *d);

@@ -32,6 +32,9 @@ static int tls_result(struct endpoint *e, int ret, uint8_t *wait)
 	case SSL_ERROR_WANT_WRITE:
 		*wait = EV_WRITE;
 		return EP_AGAIN;
+	case SSL_ERROR_WANT_CERTIFICATE_VERIFY:
+		*wait = EP_WAIT_VERIFY;
+		return EP_AGAIN;
 	case SSL_ERROR_ZERO_RETURN:
 		return 0;
 	case SSL_ERROR_SYSCALL:
@@ -144,7 +147,8 @@ int ep_want(const struct endpoint *e, bool rd, bool wr)
 		ev |= e->rd_wait ? e->rd_wait : EV_READ;
 	if (wr)
 		ev |= e->wr_wait ? e->wr_wait : EV_WRITE;
-	return ev;
+	/* Waiting for DNS: no socket event can help. */
+	return ev & (EV_READ | EV_WRITE);
 }
 
 void ep_ready(struct endpoint *e, int revents)

@@ -17,6 +17,10 @@
 
 typedef struct ssl_st SSL;
 
+/* rd_wait/wr_wait: the handshake waits for the certificate decision
+ * (DNS), not for the socket; the session clears it when the answer is in. */
+#define EP_WAIT_VERIFY 0x80
+
 #define EP_AGAIN (-1)
 #define EP_ERROR (-2)
 

@@ -36,6 +36,8 @@
 
 #include "config.h"
 #include "conn.h"
+#include "dns.h"
+#include "upname.h"
 #include "listener.h"
 #include "log.h"
 #include "tls.h"
@@ -64,29 +66,76 @@ static void usage(FILE *f)
 	    "  -V      print the version and the TLS library\n");
 }
 
-static int resolve_upstream(struct svc_rt *rt, char *err, size_t errlen)
+/*
+ * The upstream as the log names it until a session picks an address. Host
+ * names are not looked up here: each worker looks them up on its loop
+ * (upname.c), for their TTL, so a load never waits for DNS and a name
+ * that does not resolve yet only refuses that service's sessions.
+ */
+static void upstream_text(struct svc_rt *rt)
 {
 	const struct service *s = rt->svc;
-	struct addrinfo hints, *res;
-	char host[NI_MAXHOST], port[NI_MAXSERV];
-	int r;
 
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	r = getaddrinfo(s->upstream_host, s->upstream_port, &hints, &res);
-	if (r != 0) {
-		snprintf(err, errlen, "cannot resolve upstream %s: %s", s->upstream, gai_strerror(r));
+	snprintf(rt->up_text, sizeof(rt->up_text), strchr(s->upstream_host, ':') ?
+	    "[%s]:%s" : "%s:%s", s->upstream_host, s->upstream_port);
+}
+
+static bool dane_level(const struct service *s)
+{
+	return s->upstream_verify == VERIFY_DANE || s->upstream_verify == VERIFY_DANE_ONLY;
+}
+
+/*
+ * A worker's resolvers and its services' upstream names, after fork() (a
+ * libunbound context runs a thread of its own). A validating context only
+ * where a DANE policy needs it; names under no DANE policy resolve as
+ * getaddrinfo() would, /etc/hosts included.
+ */
+static int worker_dns(struct worker *w, struct generation *g)
+{
+	char err[300];
+	bool dane = false, names = false;
+	size_t i;
+
+	for (i = 0; i < g->nsvcs; i++) {
+		const struct service *s = g->svcs[i].svc;
+		dane |= dane_level(s) && s->upstream_tls != MODE_PLAIN;
+		names |= !dane_level(s);
+	}
+	if (dane && (w->dns = dns_new(w->loop, g->cfg, err, sizeof(err))) == NULL) {
+		log_msg(LEVEL_ERROR, "DNS: %s", err);
 		return -1;
 	}
-	memcpy(&rt->up_addr, res->ai_addr, res->ai_addrlen);
-	rt->up_len = res->ai_addrlen;
-	freeaddrinfo(res);
-	getnameinfo((struct sockaddr *)&rt->up_addr, rt->up_len, host, sizeof(host),
-	    port, sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV);
-	snprintf(rt->up_text, sizeof(rt->up_text),
-	    rt->up_addr.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, port);
+	if (names && (w->dns_plain = dns_new_plain(w->loop, g->cfg, err, sizeof(err))) == NULL) {
+		log_msg(LEVEL_ERROR, "DNS: %s", err);
+		return -1;
+	}
+	for (i = 0; i < g->nsvcs; i++) {
+		struct svc_rt *sv = &g->svcs[i];
+		const struct service *s = sv->svc;
+
+		if ((sv->name = calloc(1, sizeof(*sv->name))) == NULL ||
+		    upname_init(sv->name, w->loop, dane_level(s) ? w->dns : w->dns_plain,
+		    s->upstream_host, (uint16_t)atoi(s->upstream_port)) < 0) {
+			log_msg(LEVEL_ERROR, "out of memory");
+			return -1;
+		}
+	}
 	return 0;
+}
+
+static void worker_dns_free(struct worker *w, struct generation *g)
+{
+	for (size_t i = 0; i < g->nsvcs; i++) {
+		if (g->svcs[i].name == NULL)
+			continue;
+		upname_free(g->svcs[i].name);
+		free(g->svcs[i].name);
+		g->svcs[i].name = NULL;
+	}
+	dns_free(w->dns);
+	dns_free(w->dns_plain);
+	w->dns = w->dns_plain = NULL;
 }
 
 /*
@@ -97,7 +146,7 @@ static int resolve_upstream(struct svc_rt *rt, char *err, size_t errlen)
 static struct generation *generation_load(const char *dir, FILE *err)
 {
 	struct generation *g = calloc(1, sizeof(*g));
-	char msg[512], host[256];
+	char host[256];
 	const char *helo;
 	size_t i;
 	int bad = 0;
@@ -124,13 +173,7 @@ static struct generation *generation_load(const char *dir, FILE *err)
 		sv->gen = g;
 		sv->ehlo_len = (uint16_t)snprintf(sv->ehlo, sizeof(sv->ehlo), "EHLO %s\r\n", helo);
 		g->nsvcs++;
-		if (resolve_upstream(sv, msg, sizeof(msg)) < 0) {
-			const char *file;
-			int line;
-			config_key_where(g->cfg, sv->svc, "upstream", 0, &file, &line);
-			fprintf(err, "%s:%d: %s\n", file, line, msg);
-			bad = 1;
-		}
+		upstream_text(sv);
 		if (tls_init(&sv->tls, g->cfg, sv->svc, err) < 0)
 			bad = 1;
 	}
@@ -459,6 +502,8 @@ static int run_worker(struct runtime *rt, unsigned idx, const sigset_t *mask)
 		return 1;
 	}
 	w->cfg = g->cfg;
+	if (worker_dns(w, g) < 0)
+		return 1;
 	/* Session ids differ between workers and between restarts. */
 	w->next_id = ((uint32_t)getpid() * 2654435761u) ^ ((uint32_t)idx << 28);
 	conn_worker_init(w);
@@ -478,6 +523,7 @@ static int run_worker(struct runtime *rt, unsigned idx, const sigset_t *mask)
 	if (!w->stopping)
 		listener_stop(w->listeners);
 	ev_timer_stop(w->loop, &ctx.grace);
+	worker_dns_free(w, g);
 	ev_loop_destroy(w->loop);
 	log_msg(LEVEL_DEBUG, "worker %u (pid %d) stopped", idx, (int)getpid());
 	return 0;

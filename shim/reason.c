@@ -14,6 +14,11 @@ static const char reply_internal[] =
     "421 4.3.0 Temporary failure, try again later\r\n";
 static const char reply_no_fds[] =
     "421 4.3.2 System resources exhausted, try again later\r\n";
+/* RFC 7672 section 2.2: a DANE policy failure, and a DNS one. */
+static const char reply_dane[] =
+    "421 4.7.5 Upstream authentication failed (DANE), try again later\r\n";
+static const char reply_dns[] =
+    "421 4.4.3 DNS lookup of the upstream failed, try again later\r\n";
 static const char reply_upstream_gone[] =
     "421 4.4.2 Upstream mail server closed the connection\r\n";
 
@@ -92,6 +97,14 @@ static const struct row rows[R_COUNT] = {
 	    "upstream certificate verification failed", "validation-failure", reply_tls_failed),
 	ROW(R_UP_PIN, "upstream_pin", RES_REFUSED, APPEND,
 	    "upstream certificate matches no upstream_pin", "validation-failure", reply_tls_failed),
+	ROW(R_UP_TLSA_INVALID, "upstream_tlsa_invalid", RES_REFUSED, APPEND,
+	    "upstream certificate matches no TLSA record", "tlsa-invalid", reply_dane),
+	ROW(R_UP_DANE_REQUIRED, "upstream_dane_required", RES_REFUSED, APPEND,
+	    "dane-only: no DNSSEC-secure TLSA records", "dane-required", reply_dane),
+	ROW(R_UP_DNSSEC_INVALID, "upstream_dnssec_invalid", RES_REFUSED, APPEND,
+	    "DNSSEC lookup for the upstream failed", "dnssec-invalid", reply_dns),
+	ROW(R_UP_RESOLVE, "upstream_resolve", RES_ERROR, APPEND,
+	    "cannot resolve the upstream", NULL, reply_dns),
 	ROW(R_UP_TLS_FAILED, "upstream_tls_failed", RES_REFUSED, APPEND,
 	    "upstream TLS handshake failed", NULL, reply_tls_failed),
 	ROW(R_UP_HANDSHAKE_TIMEOUT, "upstream_handshake_timeout", RES_ERROR, APPEND,

@@ -4,6 +4,7 @@
 #endif
 
 #include "tls.h"
+#include "verify.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -425,32 +426,18 @@ static SSL_CTX *upstream_ctx(const struct where *w, struct svc_tls *t)
 	const struct service *svc = w->svc;
 	SSL_CTX *ctx = ctx_common(w, svc->upstream_min_version, svc->upstream_ciphers,
 	    "upstream_ciphers");
-	X509_VERIFY_PARAM *param;
-
 	if (ctx == NULL)
 		return NULL;
 	if (svc->upstream_cert != NULL &&
 	    use_pair(w, ctx, "upstream_cert", "upstream_key", 0, svc->upstream_cert,
 	    svc->upstream_key) < 0)
 		goto err;
-	if (svc->upstream_verify != VERIFY_ENCRYPT) {
-		if (use_ca(w, ctx, "upstream_ca", svc->upstream_ca, 0) < 0)
-			goto err;
-		param = SSL_CTX_get0_param(ctx);
-		/* RFC 9525 6.3: names come from subjectAltName only; a
-		 * certificate whose only name is its subject CN matches none. */
-		X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS |
-		    X509_CHECK_FLAG_NEVER_CHECK_SUBJECT);
-		if ((is_ip(svc->upstream_name) ?
-		    X509_VERIFY_PARAM_set1_ip_asc(param, svc->upstream_name) :
-		    X509_VERIFY_PARAM_set1_host(param, svc->upstream_name, strlen(svc->upstream_name))) != 1) {
-			key_fail(w, "upstream_name", 0, svc->upstream_name, "bad name");
-			goto err;
-		}
-		SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-	} else {
-		SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
-	}
+	if (svc->upstream_verify != VERIFY_ENCRYPT &&
+	    use_ca(w, ctx, "upstream_ca", svc->upstream_ca, 0) < 0)
+		goto err;
+	/* Chain, names (RFC 9525: subjectAltName only), pins and DANE are
+	 * all decided in verify.c's one callback. */
+	verify_ctx_init(ctx);
 	SSL_CTX_set_app_data(ctx, t);
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL);
 	SSL_CTX_sess_set_new_cb(ctx, new_session_cb);
@@ -514,16 +501,17 @@ SSL *tls_new_listen(const struct svc_tls *t, int fd)
 	return ssl;
 }
 
-SSL *tls_new_upstream(struct svc_tls *t, int fd)
+SSL *tls_new_upstream(struct svc_tls *t, int fd, const char *sni)
 {
 	const struct service *svc = t->svc;
 	SSL *ssl = SSL_new(t->upstream);
 
 	if (ssl == NULL)
 		return NULL;
+	if (sni == NULL)
+		sni = svc->upstream_name;
 	if (!SSL_set_fd(ssl, fd) ||
-	    (!is_ip(svc->upstream_name) &&
-	    !SSL_set_tlsext_host_name(ssl, svc->upstream_name))) {
+	    (!is_ip(sni) && !SSL_set_tlsext_host_name(ssl, sni))) {
 		SSL_free(ssl);
 		return NULL;
 	}
@@ -531,42 +519,6 @@ SSL *tls_new_upstream(struct svc_tls *t, int fd)
 		SSL_set_session(ssl, t->session);
 	SSL_set_connect_state(ssl);
 	return ssl;
-}
-
-static int pin_match(X509 *x, const struct service *svc)
-{
-	uint8_t *der = NULL, md[SHA256_DIGEST_LENGTH];
-	int len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x), &der);
-	size_t i;
-
-	if (len <= 0)
-		return 0;
-	SHA256(der, (size_t)len, md);
-	OPENSSL_free(der);
-	for (i = 0; i < svc->npins; i++)
-		if (memcmp(md, svc->pins[i], sizeof(md)) == 0)
-			return 1;
-	return 0;
-}
-
-const char *tls_check_upstream(SSL *ssl, const struct service *svc,
-    const char **auth)
-{
-	STACK_OF(X509) *chain;
-	size_t i;
-
-	*auth = svc->upstream_verify == VERIFY_ENCRYPT ? "encrypt" : "ca";
-	if (svc->npins == 0)
-		return NULL;
-	/* A pin may name the server's key or any key of its chain. */
-	chain = SSL_get_peer_cert_chain(ssl);
-	for (i = 0; chain != NULL && i < sk_X509_num(chain); i++) {
-		if (pin_match(sk_X509_value(chain, i), svc)) {
-			*auth = "pin";
-			return NULL;
-		}
-	}
-	return "upstream certificate matches no upstream_pin";
 }
 
 const char *tls_handshake_error(SSL *ssl, char *buf, size_t len)

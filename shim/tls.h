@@ -44,16 +44,9 @@ void tls_free(struct svc_tls *t);
 
 /* A server-side SSL on fd for the listen hop; NULL on failure. */
 SSL *tls_new_listen(const struct svc_tls *t, int fd);
-/* A client-side SSL on fd for the upstream hop; NULL on failure. */
-SSL *tls_new_upstream(struct svc_tls *t, int fd);
-
-/*
- * After the upstream handshake: check pins, say how the peer was
- * authenticated (*auth: encrypt | ca | pin). Returns NULL when the policy
- * is met, else the reason.
- */
-const char *tls_check_upstream(SSL *ssl, const struct service *svc,
-    const char **auth);
+/* A client-side SSL on fd for the upstream hop, SNI sni (NULL:
+ * upstream_name); NULL on failure. */
+SSL *tls_new_upstream(struct svc_tls *t, int fd, const char *sni);
 
 /* Why a handshake failed, in plain words (verification result first). */
 const char *tls_handshake_error(SSL *ssl, char *buf, size_t len);

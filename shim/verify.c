@@ -222,18 +222,22 @@ static enum verify_fail decide_dane(struct verify_session *v, struct chain *c,
 	struct dane_result r;
 
 	*decided = true;
-	if (v->tlsa == TLSA_FAILED)
-		return say(v, VF_DNSSEC_INVALID, "%s", v->detail[0] ? v->detail :
-		    "TLSA lookup failed");
+	/* The DNS words were kept in detail by verify_set_tlsa_state(). */
+	if (v->tlsa == TLSA_FAILED) {
+		v->fail = VF_DNSSEC_INVALID;
+		return VF_DNSSEC_INVALID;
+	}
 	if (v->tlsa != TLSA_FOUND) {
 		*decided = v->svc->upstream_verify == VERIFY_DANE_ONLY;
-		return *decided ? say(v, VF_DANE_REQUIRED, "no DNSSEC-secure TLSA "
-		    "records for the upstream (dane-only)%s", "") : VF_OK;
+		if (!*decided)
+			return VF_OK;
+		v->fail = VF_DANE_REQUIRED;
+		return VF_DANE_REQUIRED;
 	}
 	dane_check(v->recs, v->nrecs, c->dc, c->n, digest, &r);
 	if (r.usable == 0) {
 		if (v->svc->upstream_verify == VERIFY_DANE_ONLY)
-			return say(v, VF_TLSA_INVALID, "no usable TLSA record "
+			return say(v, VF_TLSA_INVALID, "only unusable TLSA records "
 			    "(dane-only)%s", "");
 		v->auth = AUTH_ENCRYPT;
 		return VF_OK;
@@ -247,8 +251,8 @@ static enum verify_fail decide_dane(struct verify_session *v, struct chain *c,
 		return VF_OK;
 	}
 	if (!r.ta)
-		say(v, VF_TLSA_INVALID, "no TLSA record matches the upstream's "
-		    "certificate chain%s", "");
+		say(v, VF_TLSA_INVALID, "none of %s", r.usable == 1 ? "1 record" :
+		    r.usable == 2 ? "2 records" : "the records");
 	return (enum verify_fail)v->fail;
 }
 
@@ -342,28 +346,14 @@ static enum ssl_verify_result_t verify_cb(SSL *ssl, uint8_t *alert)
 	return ssl_verify_invalid;
 }
 
-int verify_ctx_init(SSL_CTX *ctx, const struct service *svc, char *err,
-    size_t errlen)
+void verify_ctx_init(SSL_CTX *ctx)
 {
 	if (ex_index < 0)
 		ex_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
-	if (ex_index < 0) {
-		snprintf(err, errlen, "cannot set up certificate verification");
-		return -1;
-	}
-	if (svc->upstream_verify != VERIFY_ENCRYPT &&
-	    SSL_CTX_load_verify_locations(ctx, svc->upstream_ca, NULL) != 1) {
-		unsigned long e = ERR_get_error();
-		snprintf(err, errlen, "cannot load upstream_ca %s: %s",
-		    svc->upstream_ca, e ? ERR_reason_error_string(e) : "?");
-		ERR_clear_error();
-		return -1;
-	}
 	SSL_CTX_set_custom_verify(ctx, SSL_VERIFY_PEER, verify_cb);
 	/* A resumed session is authenticated again, as if it were new: the
 	 * TLSA records or the CA bundle may have changed since. */
 	SSL_CTX_set_reverify_on_resume(ctx, 1);
-	return 0;
 }
 
 void verify_session_init(struct verify_session *v, const struct service *svc)
@@ -387,6 +377,9 @@ void verify_session_free(struct verify_session *v)
 
 int verify_attach(SSL *ssl, struct verify_session *v)
 {
+	/* Made once, before any worker is forked (the first context). */
+	if (ex_index < 0)
+		ex_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 	return ex_index >= 0 && SSL_set_ex_data(ssl, ex_index, v) ? 0 : -1;
 }
 

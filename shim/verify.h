@@ -67,10 +67,9 @@ struct verify_session {
 	char detail[200];             /* plain words for the log */
 };
 
-/* Set up an upstream context: custom verification, reverify on resume,
- * the CA file for verify/dane. Returns -1 with err filled on failure. */
-int verify_ctx_init(SSL_CTX *ctx, const struct service *svc, char *err,
-    size_t errlen);
+/* Set up an upstream context (its CA store already loaded from
+ * upstream_ca): custom verification, reverify on resume. */
+void verify_ctx_init(SSL_CTX *ctx);
 
 void verify_session_init(struct verify_session *v, const struct service *svc);
 void verify_session_free(struct verify_session *v);

@@ -657,10 +657,12 @@ static void test_certs(void)
 static void test_unbuilt(void)
 {
 	static const struct { const char *text, *want; } refused[] = {
-		{ SVC "upstream_tls = starttls\nupstream_verify = dane\n",
-		  "t.conf:5: upstream_verify = dane is not supported in this build\n" },
-		{ SVC "upstream_tls = starttls\nupstream_verify = dane-only\n",
-		  "t.conf:5: upstream_verify = dane-only is not supported" },
+		{ "[s]\nlisten = 127.0.0.1:2525\nupstream = 192.0.2.1:25\n"
+		  "upstream_tls = starttls\nupstream_verify = dane\n",
+		  "t.conf:5: upstream_verify = dane needs a host name in upstream, not an address" },
+		{ "[s]\nlisten = 127.0.0.1:2525\nupstream = [2001:db8::1]:25\n"
+		  "upstream_tls = starttls\nupstream_verify = dane-only\n",
+		  "t.conf:5: upstream_verify = dane-only needs a host name" },
 		{ SVC "upstream_xclient = yes\n",
 		  "t.conf:4: upstream_xclient = yes is not supported" },
 		{ "[global]\nmetrics = 127.0.0.1:9465\n" SVC,
@@ -707,6 +709,9 @@ static void test_unbuilt(void)
 	    "t.conf:2: bad value 'ns.example' for dns_resolver");
 	expect_error("[global]\ndns_resolver = 127.0.0.1@0\n" SVC,
 	    "t.conf:2: bad value '127.0.0.1@0' for dns_resolver");
+	cfg = service_kv("upstream_tls = implicit\nupstream_verify = dane-only");
+	CHECK(cfg && cfg->services[0].upstream_verify == VERIFY_DANE_ONLY);
+	config_free(cfg);
 	cfg = global_kv("log = syslog");
 	CHECK(cfg && cfg->log == LOG_SYSLOG);
 	config_free(cfg);
@@ -722,16 +727,15 @@ static void test_many_errors(void)
 	CHECK(parse("[global]\nworkers = 0\nlog = x\nbogus = 1\n"
 	    "[s]\nlisten = 1.2.3.4:0\nupstream = u\ntimeout_idle = 0\n"
 	    "upstream_verify = dane\n") == NULL);
-	/* upstream_verify is refused twice: unbuilt, and ignored on plain. */
-	CHECK_EQ(nerr, 8);
-	CHECK_EQ(count_lines(errs), 8);
+	CHECK_EQ(nerr, 7);
+	CHECK_EQ(count_lines(errs), 7);
 	CHECK(errs && strstr(errs, "t.conf:2: bad value '0' for workers"));
 	CHECK(errs && strstr(errs, "t.conf:3: bad value 'x' for log"));
 	CHECK(errs && strstr(errs, "t.conf:4: unknown key 'bogus'"));
 	CHECK(errs && strstr(errs, "t.conf:6: bad value '1.2.3.4:0'"));
 	CHECK(errs && strstr(errs, "t.conf:7: bad value 'u'"));
 	CHECK(errs && strstr(errs, "t.conf:8: bad value '0' for timeout_idle"));
-	CHECK(errs && strstr(errs, "t.conf:9: upstream_verify = dane"));
+	CHECK(errs && strstr(errs, "t.conf:9: upstream_verify"));
 }
 
 static void test_listen_unique(void)
