@@ -216,8 +216,9 @@ def test_unsupported_settings_are_what_the_build_refuses(tmp_path, mailshim_path
         d.mkdir()
         g = lines if where == "global" else ""
         s = lines if where == "service" else ""
+        # A host name: DANE needs one (an address is refused for that).
         (d / "a.conf").write_text("[global]\n%s\n[s]\nlisten = 127.0.0.1:20001\n"
-                                  "upstream = 127.0.0.1:20002\n%s\n" % (g, s))
+                                  "upstream = mail.example.org:20002\n%s\n" % (g, s))
         r = run([mailshim_path, "-t", "-c", d])
         refused = UNSUPPORTED in r.stderr
         assert refused == (r.returncode == 1), r.stderr
