@@ -168,7 +168,8 @@ static void unquote(char *s)
 
 static void log_session(struct conn *c, enum reason why, const char *detail)
 {
-	char line[1024], client[64], words[400] = "", code[64] = "";
+	char line[1400], client[64], words[400] = "", code[64] = "";
+	char subject[256], cert[300] = "";
 	enum result res = reason_result(why);
 	const char *rpt = reason_rpt(why);
 	int n;
@@ -180,14 +181,21 @@ static void log_session(struct conn *c, enum reason why, const char *detail)
 	}
 	if (rpt != NULL)
 		snprintf(code, sizeof(code), " reason_code=%s", rpt);
+	/* Only a listener that asks for client certificates verifies them. */
+	if (c->cl.ssl != NULL && c->svc->svc->listen_client_ca != NULL &&
+	    strcmp(c->cl_ver, "none") != 0 &&
+	    tls_peer_subject(c->cl.ssl, subject, sizeof(subject)) != NULL) {
+		unquote(subject);
+		snprintf(cert, sizeof(cert), " client_cert=\"%s\"", subject);
+	}
 	n = snprintf(line, sizeof(line),
 	    "conn=%08x service=%s client=%s listen_tls=%s listen_cipher=%s "
 	    "upstream=%s upstream_tls=%s upstream_auth=%s bytes_in=%llu "
-	    "bytes_out=%llu ms=%lld result=%s%s%s%s%s",
+	    "bytes_out=%llu ms=%lld%s result=%s%s%s%s%s",
 	    c->id, c->svc->svc->name, client, c->cl_ver, c->cl_cipher,
 	    c->up_text, c->up_ver, c->up_auth,
 	    (unsigned long long)c->c2u.in, (unsigned long long)c->u2c.out,
-	    (long long)((ev_now(c->w->loop) - c->start) * 1000.0),
+	    (long long)((ev_now(c->w->loop) - c->start) * 1000.0), cert,
 	    result_names[res], why != R_NONE ? " reason=\"" : "", words,
 	    why != R_NONE ? "\"" : "", code);
 	if (n > 0)

@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -550,6 +551,25 @@ const char *tls_cipher(const SSL *ssl)
 	const SSL_CIPHER *c = SSL_get_current_cipher(ssl);
 
 	return c ? SSL_CIPHER_standard_name(c) : "none";
+}
+
+const char *tls_peer_subject(const SSL *ssl, char *buf, size_t len)
+{
+	X509 *x;
+	BIO *b;
+	int n;
+
+	if (SSL_get_verify_result(ssl) != X509_V_OK ||
+	    (x = SSL_get_peer_certificate(ssl)) == NULL)
+		return NULL;
+	b = BIO_new(BIO_s_mem());
+	n = b ? X509_NAME_print_ex(b, X509_get_subject_name(x), 0, XN_FLAG_RFC2253) : -1;
+	X509_free(x);
+	if (n < 0 || (n = BIO_read(b, buf, (int)len - 1)) < 0)
+		n = 0;
+	buf[n] = '\0';
+	BIO_free(b);
+	return n > 0 ? buf : NULL;
 }
 
 const char *tls_library(void)

@@ -54,6 +54,10 @@ const char *tls_handshake_error(SSL *ssl, char *buf, size_t len);
 const char *tls_version(const SSL *ssl);   /* "TLSv1.3" */
 const char *tls_cipher(const SSL *ssl);    /* IANA name */
 
+/* The subject of the peer's verified certificate ("CN=client.test,O=..."),
+ * written to buf; NULL when the peer sent none. */
+const char *tls_peer_subject(const SSL *ssl, char *buf, size_t len);
+
 /* Name of the TLS library, for -V. */
 const char *tls_library(void);
 

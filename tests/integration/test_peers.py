@@ -242,7 +242,11 @@ def test_listen_client_ca(make_shim, ports, pki, smtp_sink, listen):
                 if not s.recv(512):
                     raise ConnectionError("closed")
             c.close()
-    # One session passed, two were refused at the handshake.
+    # One session passed, naming its client; two were refused at the handshake.
     lines = shim.wait_log(count=3)
-    assert sum(d["result"] == "ok" for d in lines) == 1, [d["_line"] for d in lines]
-    assert sum(d["result"] != "ok" for d in lines) == 2
+    ok = [d for d in lines if d["result"] == "ok"]
+    assert len(ok) == 1, [d["_line"] for d in lines]
+    assert ok[0].get("client_cert") == "CN=client", ok[0]["_line"]
+    refused = [d for d in lines if d["result"] == "refused"]
+    assert len(refused) == 2, [d["_line"] for d in lines]
+    assert all("client_cert" not in d for d in refused)
