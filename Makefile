@@ -35,6 +35,7 @@ PURE     := buf config smtp_client smtp_server smtp_setup proxy reason dane \
             http metrics
 # The rest: sockets, TLS, events.
 IO       := main listener conn endpoint relay tls verify log dns upname uplookup \
+            metricsd \
             handshake proxyin upsetup
 OBJS     := $(addprefix $(B)/,$(addsuffix .o,$(PURE) $(IO)))
 EV_O     := $(B)/ev.o

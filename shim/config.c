@@ -160,7 +160,6 @@ static const struct key keys[K_COUNT] = {
  */
 static const struct { enum kid key; const char *value; } unbuilt[] = {
 	{ K_UPSTREAM_XCLIENT, "yes" },
-	{ K_METRICS, NULL },
 };
 
 /*

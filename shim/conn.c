@@ -14,6 +14,7 @@
 #include "endpoint.h"
 #include "handshake.h"
 #include "log.h"
+#include "metrics.h"
 #include "proxy.h"
 #include "proxyin.h"
 #include "reason.h"
@@ -68,6 +69,7 @@ struct conn {
 	struct uplookup ul;           /* addresses and TLSA records */
 	struct verify_session verify; /* how the upstream is authenticated */
 	char up_text[64];             /* the address in use, for the log */
+	ev_tstamp hs_start[MH_COUNT]; /* when each hop's handshake began */
 	const char *cl_ver, *cl_cipher, *up_ver, *up_auth;
 	union {
 		struct sockaddr sa;
@@ -215,12 +217,49 @@ static void again_remove(struct conn *c)
 	c->in_again = false;
 }
 
+/* A hop's handshake is done: count it by version and cipher, and time it. */
+static void count_handshake(struct conn *c, enum metrics_hop hop, SSL *ssl)
+{
+	struct metrics_worker *mw = c->w->mw;
+
+	if (mw == NULL)
+		return;
+	metrics_add(&mw->handshakes[hop][metrics_version_index(tls_version(ssl))]
+	    [metrics_cipher_index(tls_cipher(ssl))], 1);
+	metrics_observe_hs(&mw->handshake[hop],
+	    (uint64_t)((ev_now(c->w->loop) - c->hs_start[hop]) * 1e6));
+}
+
+static void count_session(struct conn *c, enum reason why)
+{
+	struct metrics_worker *mw = c->w->mw;
+	enum result res = reason_result(why);
+	const char *rpt = reason_rpt(why);
+	struct metrics_svc *ms;
+
+	if (c->w->active != NULL)
+		metrics_gauge(c->w->active, -1);
+	if (mw == NULL || c->svc->mslot < 0)
+		return;
+	ms = &mw->svc[c->svc->mslot];
+	metrics_add(&ms->sessions[res == RES_OK ? MR_OK : res == RES_REFUSED ? MR_REFUSED :
+	    MR_ERROR], 1);
+	metrics_add(&ms->bytes_in, c->c2u.in);
+	metrics_add(&ms->bytes_out, c->u2c.out);
+	metrics_observe_session(&mw->session, (uint64_t)((ev_now(c->w->loop) - c->start) * 1e6));
+	if (res == RES_REFUSED && rpt != NULL)
+		metrics_add(&mw->refusals[metrics_code_index(rpt)], 1);
+	if (strcmp(c->up_auth, "none") != 0)
+		metrics_add(&mw->auth[metrics_auth_index(c->up_auth)], 1);
+}
+
 /* The one way out: log, release everything, let the listener resume. */
 static int conn_close(struct conn *c, enum reason why, const char *detail)
 {
 	struct worker *w = c->w;
 
 	log_session(c, why, detail);
+	count_session(c, why);
 	ep_close(&c->cl, w->loop);
 	ep_close(&c->up, w->loop);
 	pump_free(&c->c2u);
@@ -316,6 +355,7 @@ static int client_handshake(struct conn *c)
 		return r < 0 ? close_fail(c, &f) : 0;
 	c->cl_ver = tls_version(c->cl.ssl);
 	c->cl_cipher = tls_cipher(c->cl.ssl);
+	count_handshake(c, MH_LISTEN, c->cl.ssl);
 	cl_enter(c, CL_READY);
 	if (c->phase == PH_RELAY) {
 		smtp_listen_tls_up(&c->smtp);
@@ -330,6 +370,7 @@ static int client_tls_start(struct conn *c)
 	if (c->cl.ssl == NULL)
 		return close_now(c, R_CL_TLS_START, NULL);
 	hs_watch(&c->cl);
+	c->hs_start[MH_LISTEN] = ev_now(c->w->loop);
 	cl_enter(c, CL_HANDSHAKE);
 	return 1;
 }
@@ -351,6 +392,7 @@ static int upstream_tls_start(struct conn *c)
 	if (c->up.ssl == NULL || verify_attach(c->up.ssl, &c->verify) < 0)
 		return fail_now(c, R_UP_TLS_START, NULL);
 	hs_watch(&c->up);
+	c->hs_start[MH_UPSTREAM] = ev_now(c->w->loop);
 	up_enter(c, UP_HANDSHAKE);
 	return 1;
 }
@@ -420,6 +462,7 @@ static int upstream_checked(struct conn *c)
 {
 	c->up_ver = tls_version(c->up.ssl);
 	c->up_auth = verify_auth_name((enum verify_auth)c->verify.auth);
+	count_handshake(c, MH_UPSTREAM, c->up.ssl);
 	up_enter(c, UP_READY);
 	if (c->svc->svc->upstream_tls == MODE_STARTTLS)
 		smtp_upstream_tls_up(&c->smtp);
@@ -1172,6 +1215,8 @@ void conn_start(struct worker *w, struct svc_rt *svc, int fd,
 		w->live->prev = c;
 	w->live = c;
 	w->nconns++;
+	if (w->active != NULL)
+		metrics_gauge(w->active, 1);
 	/* calloc: the client starts in CL_PROXY (reading a header or not). */
 	if ((s->proxy_protocol ? proxy_start(c) : client_known(c)) < 0)
 		return;

@@ -33,6 +33,7 @@
 struct generation;
 struct upname;
 struct dns;
+struct metrics_worker;
 
 /* A service as a worker runs it: built once per configuration load. */
 struct svc_rt {
@@ -40,6 +41,7 @@ struct svc_rt {
 	struct generation *gen;            /* the load it belongs to */
 	struct svc_tls tls;
 	struct upname *name;               /* the upstream's addresses, per worker */
+	int mslot;                         /* its counters (metrics.h); -1: none */
 	char up_text[64];                  /* upstream as configured, for the log */
 	char ehlo[300];                    /* "EHLO helo_name\r\n" */
 	uint16_t ehlo_len;
@@ -79,6 +81,8 @@ struct worker {
 	bool stopping;                     /* SIGTERM: no new sessions */
 	struct dns *dns;                   /* DNSSEC-validating (DANE) */
 	struct dns *dns_plain;             /* upstream names under no DANE policy */
+	struct metrics_worker *mw;         /* this worker's counters, or NULL */
+	int64_t *active;                   /* this process's open sessions */
 	char scratch[SMTP_EHLO_MAX + 64];  /* EHLO rewrites, shared */
 };
 

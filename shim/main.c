@@ -26,7 +26,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -36,6 +39,8 @@
 
 #include "config.h"
 #include "conn.h"
+#include "metrics.h"
+#include "metricsd.h"
 #include "dns.h"
 #include "upname.h"
 #include "listener.h"
@@ -50,6 +55,13 @@
 #define SIG_CLOSE SIGUSR2             /* supervisor to worker: close all, exit */
 
 static bool serving;                  /* not -t: the load will be run */
+/* Counters of every worker, in memory shared with them (metrics.h). */
+static struct metrics *shm;
+/* A new worker's own slot and gauge, set between fork() and its start. */
+static struct {
+	struct metrics_worker *mw;
+	int64_t *active;
+} worker_metrics;
 
 struct runtime {
 	struct generation *gen;       /* the configuration in force */
@@ -174,6 +186,7 @@ static struct generation *generation_load(const char *dir, FILE *err)
 		sv->ehlo_len = (uint16_t)snprintf(sv->ehlo, sizeof(sv->ehlo), "EHLO %s\r\n", helo);
 		g->nsvcs++;
 		upstream_text(sv);
+		sv->mslot = shm ? metrics_service_slot(shm, sv->svc->name) : -1;
 		if (tls_init(&sv->tls, g->cfg, sv->svc, err) < 0)
 			bad = 1;
 	}
@@ -502,6 +515,8 @@ static int run_worker(struct runtime *rt, unsigned idx, const sigset_t *mask)
 		return 1;
 	}
 	w->cfg = g->cfg;
+	w->mw = worker_metrics.mw;
+	w->active = worker_metrics.active;
 	if (worker_dns(w, g) < 0)
 		return 1;
 	/* Session ids differ between workers and between restarts. */
@@ -540,19 +555,37 @@ struct super {
 	sigset_t set, mask;           /* the signals waited for; the mask before */
 	unsigned stops;               /* SIGTERM/SIGINT received */
 	bool stopping;
+	int sfd;                      /* signalfd of set */
+	struct metricsd md;           /* /metrics and /healthz; lfd -1: none */
+	pid_t proc[METRICS_PROCS];    /* which process has which active gauge */
 };
 
 static pid_t spawn(struct super *sv, unsigned idx)
 {
-	pid_t pid = fork();
+	unsigned slot = 0;
+	pid_t pid;
 
+	while (slot < METRICS_PROCS - 1 && sv->proc[slot] != 0)
+		slot++;
+	pid = fork();
 	if (pid == 0) {
-		int rc = run_worker(sv->rt, idx, &sv->mask);
+		int rc;
+		/* The supervisor's own descriptors are none of a worker's. */
+		close(sv->sfd);
+		metricsd_close(&sv->md);
+		if (shm != NULL) {
+			__atomic_store_n(&shm->active[slot], 0, __ATOMIC_RELAXED);
+			worker_metrics.mw = &shm->w[idx];
+			worker_metrics.active = &shm->active[slot];
+		}
+		rc = run_worker(sv->rt, idx, &sv->mask);
 		runtime_free(sv->rt);
 		exit(rc);
 	}
 	if (pid < 0)
 		log_msg(LEVEL_ERROR, "cannot start worker %u: %s", idx, strerror(errno));
+	else
+		sv->proc[slot] = pid;
 	return pid;
 }
 
@@ -612,6 +645,8 @@ static void reload(struct super *sv)
 	}
 	if (g == NULL) {
 		log_msg(LEVEL_ERROR, "reload refused: the running configuration stays");
+		if (shm != NULL)
+			metrics_add(&shm->reloads_failed, 1);
 		return;
 	}
 	if (worker_count(g->cfg) != rt->nworkers)
@@ -629,6 +664,8 @@ static void reload(struct super *sv)
 		generation_free(g);
 		log_msg(LEVEL_ERROR, "reload refused: cannot start its workers; the running "
 		    "configuration stays");
+		if (shm != NULL)
+			metrics_add(&shm->reloads_failed, 1);
 		return;
 	}
 	for (k = 0; k < rt->nworkers; k++) {
@@ -637,7 +674,14 @@ static void reload(struct super *sv)
 		sv->pids[k] = fresh[k];
 		sv->born[k] = time(NULL);
 	}
+	if ((g->cfg->metrics == NULL) != (old->cfg->metrics == NULL) || (g->cfg->metrics &&
+	    strcmp(g->cfg->metrics, old->cfg->metrics) != 0))
+		log_msg(LEVEL_WARN, "reload: metrics changed; the listener stays as it is until a restart");
 	generation_free(old);
+	if (shm != NULL) {
+		metrics_add(&shm->reloads_ok, 1);
+		metrics_add(&shm->generation, 1);
+	}
 	log_setup(g->cfg->log, g->cfg->log_level);
 	log_msg(LEVEL_INFO, "configuration reloaded: %zu services, %u workers started on it",
 	    g->nsvcs, rt->nworkers);
@@ -674,6 +718,14 @@ static void reap(struct super *sv)
 	int status;
 
 	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		/* Its sessions are gone with it, whatever it counted. */
+		for (i = 0; i < METRICS_PROCS; i++) {
+			if (sv->proc[i] != pid)
+				continue;
+			sv->proc[i] = 0;
+			if (shm != NULL)
+				__atomic_store_n(&shm->active[i], 0, __ATOMIC_RELAXED);
+		}
 		for (i = 0; i < sv->nold; i++) {
 			if (sv->old[i] == pid) {
 				sv->old[i] = sv->old[--sv->nold];
@@ -705,14 +757,50 @@ static unsigned alive(const struct super *sv)
 	return n;
 }
 
-static int supervise(struct runtime *rt)
+/* One signal the supervisor was sent. */
+static void on_signal(struct super *sv, int sig)
+{
+	if (sig == SIGTERM || sig == SIGINT) {
+		/* The first drains, a second closes the live sessions. */
+		signal_all(sv, sv->stops++ == 0 ? SIGTERM : SIG_CLOSE);
+		if (!sv->stopping)
+			close_listeners(sv->rt);
+		sv->stopping = true;
+		/* /healthz says so while the workers drain. */
+		sv->md.stopping = true;
+		if (shm != NULL)
+			__atomic_store_n(&shm->stopping, 1, __ATOMIC_RELAXED);
+	} else if (sig == SIGHUP && !sv->stopping) {
+		reload(sv);
+	}
+}
+
+/* Wait up to a second for signals or the metrics listener, and serve them. */
+static void wait_events(struct super *sv)
+{
+	struct pollfd p[2 + METRICSD_CONNS];
+	struct signalfd_siginfo si;
+	int n;
+
+	p[0] = (struct pollfd){ .fd = sv->sfd, .events = POLLIN };
+	n = 1 + metricsd_pollfds(&sv->md, p + 1);
+	if (poll(p, (nfds_t)n, 1000) < 0)
+		return;
+	while (read(sv->sfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
+		on_signal(sv, (int)si.ssi_signo);
+	metricsd_serve(&sv->md, p + 1, n - 1);
+}
+
+static int supervise(struct runtime *rt, const struct config *cfg)
 {
 	struct super sv;
 	time_t rotated = time(NULL);
+	char err[300];
 	unsigned i;
 
 	memset(&sv, 0, sizeof(sv));
 	sv.rt = rt;
+	sv.md.lfd = -1;
 	sigemptyset(&sv.set);
 	sigaddset(&sv.set, SIGTERM);
 	sigaddset(&sv.set, SIGINT);
@@ -721,23 +809,26 @@ static int supervise(struct runtime *rt)
 	sigaddset(&sv.set, SIG_RETIRE);
 	sigaddset(&sv.set, SIG_CLOSE);
 	sigprocmask(SIG_BLOCK, &sv.set, &sv.mask);
+	sv.sfd = signalfd(-1, &sv.set, SFD_NONBLOCK | SFD_CLOEXEC);
+	if (sv.sfd < 0) {
+		log_msg(LEVEL_ERROR, "cannot wait for signals: %s", strerror(errno));
+		return 1;
+	}
+	if (cfg->metrics != NULL) {
+		if (metricsd_open(&sv.md, &cfg->metrics_addr, shm, rt->nworkers, err,
+		    sizeof(err)) < 0) {
+			log_msg(LEVEL_ERROR, "%s", err);
+			close(sv.sfd);
+			return 1;
+		}
+		log_msg(LEVEL_INFO, "metrics on http://%s/metrics", cfg->metrics);
+	}
 	for (i = 0; i < rt->nworkers; i++) {
 		sv.pids[i] = spawn(&sv, i);
 		sv.born[i] = time(NULL);
 	}
 	while (alive(&sv) > 0 || !sv.stopping) {
-		struct timespec ts = { 1, 0 };
-		int sig = sigtimedwait(&sv.set, NULL, &ts);
-
-		if (sig == SIGTERM || sig == SIGINT) {
-			/* The first drains, a second closes the live sessions. */
-			signal_all(&sv, sv.stops++ == 0 ? SIGTERM : SIG_CLOSE);
-			if (!sv.stopping)
-				close_listeners(rt);
-			sv.stopping = true;
-		} else if (sig == SIGHUP && !sv.stopping) {
-			reload(&sv);
-		}
+		wait_events(&sv);
 		reap(&sv);
 		/* Restart dead workers, at most one start per second each. */
 		for (i = 0; i < rt->nworkers && !sv.stopping; i++) {
@@ -752,6 +843,8 @@ static int supervise(struct runtime *rt)
 		}
 	}
 	free(sv.old);
+	metricsd_close(&sv.md);
+	close(sv.sfd);
 	log_msg(LEVEL_INFO, "mailshim stopped");
 	return 0;
 }
@@ -794,6 +887,15 @@ int main(int argc, char **argv)
 		fprintf(stderr, "cannot make the session ticket keys: %s\n", strerror(errno));
 		return 1;
 	}
+	if (!check) {
+		shm = mmap(NULL, sizeof(*shm), PROT_READ | PROT_WRITE,
+		    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+		if (shm == MAP_FAILED) {
+			fprintf(stderr, "cannot map the metrics counters: %s\n", strerror(errno));
+			return 1;
+		}
+		shm->generation = 1;
+	}
 	rt.gen = generation_load(rt.dir, stderr);
 	if (rt.gen == NULL) {
 		fprintf(stderr, "%s: configuration has errors\n", rt.dir);
@@ -814,7 +916,7 @@ int main(int argc, char **argv)
 	}
 	log_msg(LEVEL_INFO, "mailshim %s started: %zu services, %u workers, %s",
 	    MAILSHIM_VERSION, rt.gen->nsvcs, rt.nworkers, tls_library());
-	rc = supervise(&rt);
+	rc = supervise(&rt, rt.gen->cfg);
 	runtime_free(&rt);
 	return rc;
 }

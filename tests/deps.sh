@@ -12,7 +12,7 @@ build="gcc make libc6-dev android-libboringssl-dev libev-dev libunbound-dev dns-
  clang libclang-rt-14-dev"
 peers="openssl ca-certificates swaks libnet-ssleay-perl perl-openssl-defaults libio-socket-inet6-perl
  postfix python3 python3-aiosmtpd python3-pytest python3-pytest-xdist
- testssl.sh valgrind procps iproute2 util-linux haproxy ldnsutils nsd python3-cryptography"
+ testssl.sh valgrind procps iproute2 util-linux haproxy ldnsutils nsd python3-cryptography curl"
 # test_packaging.py: man pages rendered by man-db (groff-base does the
 # rendering), the unit checked by systemd-analyze (package systemd), the
 # manifests linted by yamllint and read by python3-yaml, readelf (binutils).
