@@ -161,7 +161,6 @@ static const struct key keys[K_COUNT] = {
 static const struct { enum kid key; const char *value; } unbuilt[] = {
 	{ K_UPSTREAM_VERIFY, "dane" },
 	{ K_UPSTREAM_VERIFY, "dane-only" },
-	{ K_UPSTREAM_XCLIENT, "yes" },
 	{ K_METRICS, NULL },
 };
 
