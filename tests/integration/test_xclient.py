@@ -25,7 +25,7 @@ import pytest
 
 from harness import (PrivatePostfix, Procs, SmtpConn, header_value, postfix_main_add,
                      public_dir, service)
-from hostile import expect_closed, expect_line, send, serve_smtp
+from hostile import expect_closed, expect_line, send, serve_smtp, sleep, stall
 
 REFUSED_REPLY = "421 4.7.0"
 XC_EHLO = "250-fake.test\r\n250-PIPELINING\r\n250 XCLIENT NAME ADDR PORT PROTO HELO LOGIN\r\n"
@@ -335,3 +335,36 @@ def test_nothing_but_greeting_verbs_before_the_exchange(make_shim, ports, pki, f
     time.sleep(0.2)
     assert b"MAIL" not in up.all_bytes(), up.all_bytes()
     assert b"NOOP" in up.all_bytes()
+
+
+def test_an_upstream_silent_after_the_shims_ehlo_times_out(make_shim, ports, pki,
+                                                            fake_upstream):
+    """The replies of the exchange are owed like any other: timeout_reply."""
+    up = fake_upstream([send("220 fake.test ESMTP\r\n"), expect_line(rb"^EHLO shim\.test"),
+                        stall(15)])
+    shim, port = start_shim(make_shim, ports, pki, up.port, timeout_reply="1s")
+    with SmtpConn(port) as c:
+        assert c.reply()[0] == 220
+        c.send(b"EHLO client.test\r\n")
+        data, closed = c.read_until_closed(10)
+    assert data.startswith(b"421 4.4.2") and closed, data
+    d = shim.wait_log()[0]
+    assert d["result"] == "error" and "timeout_reply" in d["reason"], d["_line"]
+
+
+def test_a_client_pipelining_a_buffer_behind_its_ehlo_is_refused(make_shim, ports, pki,
+                                                                fake_upstream):
+    """What waits behind the first EHLO must leave room for the shim's own
+    lines: a client that fills the buffer meanwhile is refused, and none of
+    its commands reach the upstream."""
+    up = fake_upstream([send("220 fake.test ESMTP\r\n"), expect_line(rb"^EHLO shim\.test"),
+                        sleep(1.0), send(XC_EHLO), stall(10)])
+    shim, port = start_shim(make_shim, ports, pki, up.port)
+    with SmtpConn(port) as c:
+        assert c.reply()[0] == 220
+        c.send(b"EHLO client.test\r\n" + b"NOOP\r\n" * 7000)
+        data, closed = c.read_until_closed(10)
+    assert closed, data
+    d = shim.wait_log()[0]
+    assert d["result"] == "refused" and "pipelined" in d["reason"], d["_line"]
+    assert b"NOOP" not in up.all_bytes() and b"XCLIENT" not in up.all_bytes(), up.all_bytes()
