@@ -31,12 +31,11 @@ BIN      := mailshim
 endif
 
 # Modules with no I/O: unit-tested and fuzzed alone.
-PURE     := buf config smtp_client smtp_server smtp_setup proxy reason dane \
+PURE     := buf config smtp_client smtp_server smtp_setup smtp_xclient proxy reason dane \
             http metrics
 # The rest: sockets, TLS, events.
 IO       := main listener conn endpoint relay tls verify log dns upname uplookup \
-            metricsd \
-            handshake proxyin upsetup
+            metricsd handshake proxyin upsetup upxclient
 OBJS     := $(addprefix $(B)/,$(addsuffix .o,$(PURE) $(IO)))
 EV_O     := $(B)/ev.o
 # The DNS module's test driver (tests/dnstest/, run by test_dns.py).

@@ -22,6 +22,7 @@
 #include "uplookup.h"
 #include "verify.h"
 #include "upsetup.h"
+#include "upxclient.h"
 
 #define CONN_MAGIC 0x6d73636eu
 #define GONE (-1)             /* the session was closed and freed */
@@ -714,6 +715,7 @@ static uint8_t *unseen_at(struct pump *p)
 static int client_verdict(struct conn *c, struct smtp_result r)
 {
 	struct pump *p = &c->c2u;
+	struct fail f;
 
 	switch (r.v) {
 	case SMTP_PASS:
@@ -731,6 +733,12 @@ static int client_verdict(struct conn *c, struct smtp_result r)
 		if (pump_insert(&c->u2c, r.reply, r.reply_len) < 0)
 			return fail_now(c, R_NO_MEMORY, NULL);
 		cl_enter(c, CL_STARTTLS);
+		return 1;
+	case SMTP_UP_EHLO:
+	case SMTP_UP_XCLIENT:
+		if (upxclient_send(p, &c->smtp, r.v, c->svc->ehlo, c->svc->ehlo_len,
+		    &c->peer.sa, &f) < 0)
+			return conn_fail(c, &f);
 		return 1;
 	case SMTP_CLOSE:
 		return fail_smtp(c, R_CL_SMTP, &r);
@@ -783,9 +791,11 @@ static int server_parse(struct conn *c)
 			break;
 		case SMTP_REPLY:
 			buf_cut(p->b, r.n);
-			if (buf_insert(p->b, r.reply, r.reply_len) < 0)
+			if (r.reply_len > 0 && buf_insert(p->b, r.reply, r.reply_len) < 0)
 				return fail_now(c, R_UP_EHLO_TOO_LONG, NULL);
 			break;
+		case SMTP_REFUSE:
+			return fail_smtp(c, R_UP_XCLIENT, &r);
 		case SMTP_CLOSE:
 			return fail_smtp(c, R_UP_SMTP, &r);
 		default:
@@ -1210,6 +1220,8 @@ void conn_start(struct worker *w, struct svc_rt *svc, int fd,
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	smtp_init(&c->smtp, listen_mode(s->listen_tls), config_plain_allowed(s, peer),
 	    s->upstream_tls == MODE_STARTTLS);
+	if (s->upstream_xclient)
+		smtp_xclient_on(&c->smtp);
 	c->next = w->live;
 	if (w->live != NULL)
 		w->live->prev = c;

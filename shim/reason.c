@@ -19,6 +19,8 @@ static const char reply_dane[] =
     "421 4.7.5 Upstream authentication failed (DANE), try again later\r\n";
 static const char reply_dns[] =
     "421 4.4.3 DNS lookup of the upstream failed, try again later\r\n";
+static const char reply_xclient[] =
+    "421 4.7.0 Upstream mail server cannot be told the client's address, try again later\r\n";
 static const char reply_upstream_gone[] =
     "421 4.4.2 Upstream mail server closed the connection\r\n";
 
@@ -111,6 +113,8 @@ static const struct row rows[R_COUNT] = {
 	    "upstream handshake timeout", NULL, reply_timeout),
 	ROW(R_UP_SMTP, "upstream_smtp", RES_ERROR, SENTENCE, "upstream broke the SMTP rules", NULL, reply_internal),
 	ROW(R_UP_EHLO_TOO_LONG, "upstream_ehlo_too_long", RES_ERROR, APPEND, "EHLO reply too long", NULL, reply_internal),
+	ROW(R_UP_XCLIENT, "upstream_xclient", RES_REFUSED, SENTENCE,
+	    "upstream does not take XCLIENT", NULL, reply_xclient),
 	ROW(R_UP_GONE, "upstream_gone", RES_ERROR, APPEND,
 	    "upstream closed the connection before replying", NULL, reply_upstream_gone),
 	ROW(R_UP_LOST, "upstream_lost", RES_ERROR, APPEND, "upstream connection lost", NULL, NULL),

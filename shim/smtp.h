@@ -20,7 +20,9 @@
  *    all; a positive EHLO reply is rewritten (STARTTLS added or removed,
  *    XCLIENT and XFORWARD removed, AUTH hidden before TLS when required).
  * Upstream STARTTLS (the shim is the client there) has its own small
- * dialogue: smtp_setup().
+ * dialogue: smtp_setup(). With upstream_xclient (smtp_xclient_on()) the
+ * client's first EHLO or HELO waits while the shim tells the upstream who
+ * the client is (smtp_xclient.c).
  *
  * Every verdict says how many input bytes it covers (n). Bytes not covered
  * stay in the caller's buffer and are offered again, with more, next call.
@@ -41,6 +43,11 @@
 #define SMTP_REPLY_MAX 8192
 /* The EHLO rewrite's input bound: scratch is SMTP_EHLO_MAX + 64 bytes. */
 #define SMTP_EHLO_MAX SMTP_REPLY_MAX
+/* Longest XCLIENT line sent, CRLF included (RFC 5321's command limit,
+ * which XCLIENT_README asks clients to keep). */
+#define SMTP_XCLIENT_MAX 512
+/* Longest HELO value put into XCLIENT (Postfix refuses longer ones). */
+#define SMTP_XCLIENT_HELO_MAX 255
 /* Largest BDAT chunk when the upstream's EHLO reply gives no SIZE (1 GiB:
  * any server's parser holds it, even in 32 bits). A larger chunk, or one
  * over the advertised SIZE, gets 552 and ends the session. */
@@ -65,7 +72,14 @@ enum smtp_verdict {
 	SMTP_SEND_STARTTLS, /* EHLO reply covered: send "STARTTLS\r\n" */
 	SMTP_START_TLS,     /* the 220 to STARTTLS covered, and nothing follows:
 	                       start the TLS handshake on the upstream hop */
-	SMTP_REFUSE,        /* the upstream fails the policy: reason says why */
+	SMTP_REFUSE,        /* the upstream fails the policy: reason says why
+	                       (also from smtp_server(): the XCLIENT exchange
+	                       failed; write reply to the client and close) */
+	/* smtp_client() with XCLIENT (n = 0: the client's EHLO or HELO line
+	 * stays where it is and is offered again once the exchange is done): */
+	SMTP_UP_EHLO,       /* send "EHLO <helo_name>\r\n" to the upstream */
+	SMTP_UP_XCLIENT,    /* send the line smtp_xclient_line() makes of the
+	                       client's line (at p) to the upstream */
 };
 
 struct smtp_result {
@@ -94,6 +108,8 @@ struct smtp {
 	/* Server side reader. */
 	uint8_t sstate;           /* internal */
 	uint8_t setup;            /* internal: smtp_setup() phase */
+	uint8_t xclient;          /* internal: the XCLIENT exchange's phase */
+	bool xclient_name;        /* the upstream's XCLIENT takes NAME */
 	uint16_t reply_code;      /* code of the reply being read, 0 if none */
 	size_t reply_len;         /* bytes of the reply being read so far */
 	bool reply_starttls;      /* setup: EHLO reply has STARTTLS */
@@ -111,6 +127,31 @@ struct smtp {
  */
 void smtp_init(struct smtp *s, enum smtp_listen listen_mode,
     bool plain_allowed, bool upstream_setup);
+
+/*
+ * Tell the upstream who the client is (upstream_xclient), right after
+ * smtp_init(): nothing but EHLO, HELO, NOOP, RSET and QUIT goes on before
+ * the exchange is done, and an upstream that does not take it gets the
+ * session refused (SMTP_REFUSE from smtp_server()).
+ */
+void smtp_xclient_on(struct smtp *s);
+
+/*
+ * The XCLIENT line for the client's EHLO or HELO line p[0..len) (the
+ * bytes offered with SMTP_UP_XCLIENT): addr is the client's numeric
+ * address (v6: IPv6, sent with the IPV6: prefix), port its port. Writes
+ * at most SMTP_XCLIENT_MAX bytes to out and returns how many; 0 when p
+ * holds no EHLO or HELO line.
+ */
+size_t smtp_xclient_line(const struct smtp *s, const uint8_t *p, size_t len,
+    const char *addr, bool v6, unsigned port, char *out);
+
+/*
+ * RFC 3461 xtext: bytes 33..126 but '+' and '=' as they are, every other
+ * byte as "+HH" (upper-case hex). Writes whole encodings only, while they
+ * fit in cap; returns the length the whole encoding takes.
+ */
+size_t smtp_xtext(const uint8_t *in, size_t n, char *out, size_t cap);
 
 /* Bytes from the client. */
 struct smtp_result smtp_client(struct smtp *s, const uint8_t *p, size_t len);

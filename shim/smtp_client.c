@@ -297,9 +297,14 @@ static struct smtp_result proceed_wait(struct smtp *s, const struct line *l)
 	return forward(s, l->n, l->v->kind, C_WAIT);
 }
 
+/* The first EHLO or HELO waits for the XCLIENT exchange (smtp_xclient.c). */
 static struct smtp_result proceed_greet(struct smtp *s, const struct line *l)
 {
-	struct smtp_result r = forward(s, l->n, l->v->kind, C_CMD);
+	struct smtp_result r;
+
+	if (smtp_xclient_pending(s))
+		return smtp_xclient_greet(s);
+	r = forward(s, l->n, l->v->kind, C_CMD);
 
 	if (r.v == SMTP_PASS)
 		s->need_ehlo = false;

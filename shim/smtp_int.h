@@ -33,9 +33,15 @@ enum { S_REPLY = 0, S_DEAD };
 enum { SETUP_NONE = 0, SETUP_GREETING, SETUP_EHLO, SETUP_STARTTLS, SETUP_TLS,
 	SETUP_FAILED };
 
-/* What waits for a reply (queue entries). */
+/* The XCLIENT exchange (xclient): off, or waiting for the client's first
+ * EHLO/HELO, the shim's EHLO sent, its reply in (send XCLIENT), XCLIENT
+ * sent, done (later EHLOs go on as they are). */
+enum { XC_OFF = 0, XC_WANT, XC_EHLO, XC_READY, XC_SENT, XC_DONE };
+
+/* What waits for a reply (queue entries); K_XEHLO and K_XCLIENT are the
+ * shim's own commands, their replies are not relayed. */
 enum { K_NONE, K_GREETING, K_EHLO, K_HELO, K_DATA, K_DOT, K_BDAT, K_AUTH,
-	K_AUTHC, K_OTHER };
+	K_AUTHC, K_OTHER, K_XEHLO, K_XCLIENT };
 
 struct text {
 	const char *s;
@@ -48,6 +54,14 @@ struct text {
 void smtp_client_enter(struct smtp *s, uint8_t to);
 void smtp_server_enter(struct smtp *s, uint8_t to);
 void smtp_setup_enter(struct smtp *s, uint8_t to);
+
+/* The XCLIENT exchange (smtp_xclient.c): the client's EHLO or HELO while
+ * it is under way, and the replies to the shim's own commands (the one
+ * gathered at p[0], reply_len and reply_code). */
+bool smtp_xclient_pending(const struct smtp *s);
+struct smtp_result smtp_xclient_greet(struct smtp *s);
+bool smtp_xclient_owed(const struct smtp *s);
+struct smtp_result smtp_xclient_reply(struct smtp *s, const uint8_t *p);
 
 /* Verdicts (smtp_setup.c). */
 struct smtp_result smtp_verdict(enum smtp_verdict v, size_t n);

@@ -15,7 +15,8 @@
  * is rewritten: STARTTLS is the shim's (added while the listen hop offers
  * it, removed otherwise), XCLIENT and XFORWARD are never offered (the
  * shim answers them), AUTH is hidden from a client that must not use it in
- * the clear; CHUNKING and SIZE are noted for BDAT.
+ * the clear; CHUNKING and SIZE are noted for BDAT. The replies to the
+ * shim's own EHLO and XCLIENT are smtp_xclient.c's.
  */
 #include "smtp_int.h"
 
@@ -307,6 +308,13 @@ static struct smtp_result replies(struct smtp *s, const uint8_t *p,
 			break;
 		if (g != G_DONE)
 			return off ? smtp_pass(off) : broken(s, g);
+		/* Replies to the shim's own commands have verdicts of their own. */
+		if (smtp_xclient_owed(s)) {
+			if (off == 0)
+				return smtp_xclient_reply(s, p);
+			smtp_reply_reset(s);
+			break;
+		}
 		if (smtp_qfront(s) == K_EHLO && s->reply_code / 100 == 2) {
 			if (off == 0)
 				return ehlo_reply(s, p, scratch);

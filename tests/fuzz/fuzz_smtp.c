@@ -1,12 +1,14 @@
 /*
  * libFuzzer: the SMTP state machine driven the way a session drives it.
- * The first byte picks the listen mode, plain_allowed and upstream STARTTLS;
+ * The first byte picks the listen mode, plain_allowed, upstream STARTTLS
+ * and XCLIENT to the upstream;
  * the rest is a script of chunks, each tagged for the client side, the
  * server side (or the STARTTLS dialogue before it) or a TLS transition.
  * Bytes a verdict leaves uncovered are offered again with the next chunk,
  * as the caller's buffer would. Invariants: n never exceeds the input,
  * verdicts that carry a reply carry a sane one, and the upstream's replies
- * pass whole (a PASS ends with the last line of a reply).
+ * pass whole (a PASS ends with the last line of a reply), and an XCLIENT
+ * line is one line of printable ASCII within SMTP_XCLIENT_MAX.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +52,21 @@ static void drop(struct side *s, size_t n)
 	s->len -= n;
 }
 
+static void xclient_line(const struct smtp *s, const struct side *c)
+{
+	char line[SMTP_XCLIENT_MAX];
+	size_t n = smtp_xclient_line(s, c->buf, c->len, "2001:db8::1", c->len & 1,
+	    (unsigned)c->len, line);
+
+	if (n == 0)
+		abort();    /* the verdict comes only with an EHLO or HELO line */
+	if (n > SMTP_XCLIENT_MAX || n < 10 || line[n - 2] != '\r' || line[n - 1] != '\n')
+		abort();
+	for (size_t i = 0; i < n - 2; i++)
+		if (line[i] < 32 || line[i] > 126)
+			abort();
+}
+
 static int run_client(struct smtp *s, struct side *c)
 {
 	for (int i = 0; i < 256 && c->len > 0; i++) {
@@ -59,6 +76,10 @@ static int run_client(struct smtp *s, struct side *c)
 			return 0;
 		if (r.v == SMTP_CLOSE)
 			return -1;
+		if ((r.v == SMTP_UP_EHLO || r.v == SMTP_UP_XCLIENT) && r.n != 0)
+			abort();
+		if (r.v == SMTP_UP_XCLIENT)
+			xclient_line(s, c);
 		drop(c, r.n);
 		if (r.v == SMTP_STARTTLS) {
 			if (c->len > 0)
@@ -109,6 +130,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	setup = (data[0] >> 3) & 1;
 	smtp_init(&s, (enum smtp_listen)(data[0] % 3), (data[0] >> 2) & 1, setup);
+	if ((data[0] >> 4) & 1)
+		smtp_xclient_on(&s);
 	c.len = v.len = 0;
 	data++;
 	size--;

@@ -663,8 +663,6 @@ static void test_unbuilt(void)
 		{ "[s]\nlisten = 127.0.0.1:2525\nupstream = [2001:db8::1]:25\n"
 		  "upstream_tls = starttls\nupstream_verify = dane-only\n",
 		  "t.conf:5: upstream_verify = dane-only needs a host name" },
-		{ SVC "upstream_xclient = yes\n",
-		  "t.conf:4: upstream_xclient = yes is not supported" },
 		{ "[global]\nmetrics = 127.0.0.1:9465\n" SVC,
 		  "t.conf:2: metrics is not supported in this build\n" },
 	};
@@ -676,6 +674,9 @@ static void test_unbuilt(void)
 	    "upstream_proxy_protocol = no\nupstream_xclient = no\n"
 	    "upstream_tls = starttls\nlisten_tls = starttls\nlisten_cert = /c");
 	CHECK(cfg != NULL);
+	config_free(cfg);
+	cfg = service_kv("upstream_xclient = yes");
+	CHECK(cfg && cfg->services[0].upstream_xclient);
 	config_free(cfg);
 	cfg = service_kv("proxy_protocol = yes\nproxy_from = 10.0.0.0/8 ::1\n"
 	    "upstream_proxy_protocol = v2");

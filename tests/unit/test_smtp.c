@@ -52,6 +52,12 @@ static void buf_free(struct buf *b)
 
 /* ---- the driver ---- */
 
+/* What the caller sends for SMTP_UP_EHLO, and the client it names in
+ * XCLIENT. */
+#define XC_EHLO "EHLO shim.example\r\n"
+#define XC_ADDR "192.0.2.7"
+#define XC_PORT 4242
+
 /* One exchange: what the client sends, then what the upstream answers.
  * The client sends step i+1 only once step i is entirely read and
  * answered, as a client waits for the 220 to STARTTLS. */
@@ -149,6 +155,20 @@ static bool client_turn(struct smtp *s, struct run *r, struct feed *c,
 		put(&r->down, v.reply, v.reply_len);
 		snprintf(r->end, sizeof(r->end), "close:%s", v.reason);
 		return false;
+	case SMTP_UP_EHLO:
+		if (v.n != 0)
+			r->bad++;
+		puts_(&r->up, XC_EHLO);
+		return true;
+	case SMTP_UP_XCLIENT: {
+		char line[SMTP_XCLIENT_MAX];
+		size_t n = smtp_xclient_line(s, (uint8_t *)c->in.p + c->used, avail,
+		    XC_ADDR, false, XC_PORT, line);
+		if (v.n != 0 || n == 0)
+			r->bad++;
+		put(&r->up, line, n);
+		return true;
+	}
 	default:
 		snprintf(r->end, sizeof(r->end), "client verdict %d", (int)v.v);
 		return false;
@@ -196,6 +216,10 @@ static bool server_turn(struct smtp *s, struct run *r, struct feed *u,
 	case SMTP_CLOSE:
 		put(&r->down, v.reply, v.reply_len);
 		snprintf(r->end, sizeof(r->end), "close:%s", v.reason);
+		return false;
+	case SMTP_REFUSE:
+		put(&r->down, v.reply, v.reply_len);
+		snprintf(r->end, sizeof(r->end), "refuse:%s", v.reason);
 		return false;
 	default:
 		snprintf(r->end, sizeof(r->end), "server verdict %d", (int)v.v);
@@ -1565,6 +1589,301 @@ static void test_dead_is_final(void)
 	CHECK_EQ(smtp_server(&s, (const uint8_t *)"250 ok\r\n", 8, scratch).v, SMTP_CLOSE);
 }
 
+/* ---- XCLIENT to the upstream ---- */
+
+#define XC_UP "250-mx.example\r\n250-PIPELINING\r\n" \
+	"250-XCLIENT NAME ADDR PORT PROTO HELO LOGIN DESTADDR DESTPORT\r\n250 SIZE 1000\r\n"
+#define XC_SEEN "250-mx.example\r\n250-PIPELINING\r\n250 SIZE 1000\r\n"
+#define XC_220 "220 mx.example ESMTP\r\n"
+#define XC_LINE(proto, helo) "XCLIENT ADDR=" XC_ADDR " PORT=4242 PROTO=" proto \
+	" NAME=[UNAVAILABLE] HELO=" helo "\r\n"
+#define R421_XC "421 4.7.0 Upstream mail server cannot be told the client's address, try again later\r\n"
+
+static struct smtp xsession(enum smtp_listen m, bool plain_allowed)
+{
+	struct smtp s = session(m, plain_allowed);
+
+	smtp_xclient_on(&s);
+	return s;
+}
+
+static void xscenario(const char *name, enum smtp_listen m,
+    const struct step *st, const struct want *w)
+{
+	struct smtp s = xsession(m, true);
+
+	scenario_from(name, &s, st, w);
+}
+
+/* The client's EHLO waits, with what it pipelined behind it, while the
+ * shim's EHLO and XCLIENT go first; neither of their replies reaches the
+ * client, and the EHLO reply it gets hides XCLIENT. */
+static void test_xclient_flow(void)
+{
+	static const struct step st[] = {
+		STEP("EHLO client.example\r\nMAIL FROM:<a@b.example>\r\n",
+		    G XC_UP XC_220 XC_UP "250 2.1.0 Ok\r\n"),
+		STEP("QUIT\r\n", "221 Bye\r\n"), { 0 } };
+	struct want w = {
+		XC_EHLO XC_LINE("ESMTP", "client.example")
+		    "EHLO client.example\r\nMAIL FROM:<a@b.example>\r\nQUIT\r\n",
+		G XC_SEEN "250 2.1.0 Ok\r\n221 Bye\r\n", "", 0 };
+
+	xscenario("xclient, plain", SMTP_LISTEN_PLAIN, st, &w);
+	xscenario("xclient, implicit", SMTP_LISTEN_IMPLICIT, st, &w);
+	w.down = G "250-mx.example\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250 STARTTLS\r\n"
+	    "250 2.1.0 Ok\r\n221 Bye\r\n";
+	xscenario("xclient, starttls listener", SMTP_LISTEN_STARTTLS, st, &w);
+}
+
+/* HELO says PROTO=SMTP; the argument is xtext-encoded, white space
+ * around it dropped; an empty one is [UNAVAILABLE]. */
+static void test_xclient_helo(void)
+{
+	static const struct step helo[] = {
+		STEP("helo  odd+name=x\xc3\xa9 \r\n", G XC_UP XC_220 "250 mx.example\r\n"),
+		{ 0 } };
+	static const struct step bare[] = {
+		STEP("EHLO\r\n", G XC_UP XC_220 "501 5.5.4 Syntax: EHLO hostname\r\n"),
+		{ 0 } };
+	struct want w = { XC_EHLO XC_LINE("SMTP", "odd+2Bname+3Dx+C3+A9")
+		"helo  odd+name=x\xc3\xa9 \r\n", G "250 mx.example\r\n", "", 0 };
+	struct want wb = { XC_EHLO XC_LINE("ESMTP", "[UNAVAILABLE]") "EHLO\r\n",
+		G "501 5.5.4 Syntax: EHLO hostname\r\n", "", 0 };
+
+	xscenario("xclient, helo", SMTP_LISTEN_PLAIN, helo, &w);
+	xscenario("xclient, bare ehlo", SMTP_LISTEN_PLAIN, bare, &wb);
+}
+
+/* XCLIENT is sent once: a second EHLO, or the one after the listen hop's
+ * STARTTLS, goes on alone. */
+static void test_xclient_later_ehlo(void)
+{
+	static const struct step st[] = {
+		STEP("EHLO a.example\r\n", G XC_UP XC_220 XC_UP),
+		STEP("STARTTLS\r\n", ""),
+		STEP("EHLO b.example\r\n", XC_UP),
+		STEP("EHLO c.example\r\n", XC_UP), { 0 } };
+	struct want w = {
+		XC_EHLO XC_LINE("ESMTP", "a.example")
+		    "EHLO a.example\r\nEHLO b.example\r\nEHLO c.example\r\n",
+		G "250-mx.example\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250 STARTTLS\r\n"
+		    READY XC_SEEN XC_SEEN, "", 0 };
+
+	xscenario("xclient, later ehlo", SMTP_LISTEN_STARTTLS, st, &w);
+}
+
+/* Before the exchange nothing but the greeting verbs goes on: the upstream
+ * would take a transaction for the shim's. */
+static void test_xclient_before_ehlo(void)
+{
+	static const struct step st[] = {
+		STEP("MAIL FROM:<a@b.example>\r\n", G),
+		STEP("NOOP\r\n", "250 Ok\r\n"),
+		STEP("XCLIENT ADDR=192.0.2.99\r\n", ""),
+		STEP("EHLO c\r\n", XC_UP XC_220 XC_UP), { 0 } };
+	struct want w = { "NOOP\r\n" XC_EHLO XC_LINE("ESMTP", "c") "EHLO c\r\n",
+		G R503 "250 Ok\r\n" R503 XC_SEEN, "", 0 };
+
+	xscenario("xclient, before ehlo", SMTP_LISTEN_PLAIN, st, &w);
+}
+
+/* An upstream that does not take XCLIENT (none offered, attributes
+ * missing, its EHLO or XCLIENT refused) gets the session refused. */
+static void test_xclient_refused(void)
+{
+	static const struct {
+		const char *name, *up, *sent, *end;
+	} cases[] = {
+		{ "no xclient", G EHLO_UP, XC_EHLO, "refuse:upstream offered no XCLIENT" },
+		{ "no helo attribute",
+		  G "250-mx.example\r\n250 XCLIENT NAME ADDR PORT PROTO\r\n", XC_EHLO,
+		  "refuse:upstream XCLIENT does not take ADDR, PORT, PROTO and HELO" },
+		{ "xclient as a prefix", G "250-mx.example\r\n250 XCLIENTS ADDR PORT PROTO HELO\r\n",
+		  XC_EHLO, "refuse:upstream offered no XCLIENT" },
+		{ "on the first line only", G "250-mx.example XCLIENT ADDR PORT PROTO HELO\r\n250 SIZE\r\n",
+		  XC_EHLO, "refuse:upstream offered no XCLIENT" },
+		{ "ehlo refused", G "554 5.7.1 go away\r\n", XC_EHLO,
+		  "refuse:upstream refused the EHLO before XCLIENT" },
+		{ "xclient refused", G XC_UP "550 5.7.0 Not authorized\r\n",
+		  XC_EHLO XC_LINE("ESMTP", "c"), "refuse:upstream refused XCLIENT" },
+		{ "xclient 250", G XC_UP "250 Ok\r\n",
+		  XC_EHLO XC_LINE("ESMTP", "c"), "refuse:upstream refused XCLIENT" },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct step st[] = { { "EHLO c\r\nNOOP\r\n", 14, cases[i].up, strlen(cases[i].up) },
+			{ 0 } };
+		struct want w = { cases[i].sent, G R421_XC, cases[i].end, 0 };
+		struct smtp s = xsession(SMTP_LISTEN_PLAIN, true);
+
+		scenario_from(cases[i].name, &s, st, &w);
+	}
+}
+
+/* A STARTTLS upstream: the exchange runs inside TLS, at the client's
+ * first EHLO, whatever the shim's setup EHLO saw before TLS. */
+static void test_xclient_starttls_upstream(void)
+{
+	static char scratch[SMTP_EHLO_MAX + 64];
+	static const char ehlo_pre[] = "250-mx.example\r\n250 STARTTLS\r\n";
+	struct smtp s;
+	struct smtp_result r;
+	const uint8_t *ehlo = (const uint8_t *)"EHLO c\r\n";
+
+	smtp_init(&s, SMTP_LISTEN_PLAIN, true, true);
+	smtp_xclient_on(&s);
+	CHECK_EQ(smtp_setup(&s, (const uint8_t *)G, sizeof(G) - 1).v, SMTP_SEND_EHLO);
+	CHECK_EQ(smtp_setup(&s, (const uint8_t *)ehlo_pre, sizeof(ehlo_pre) - 1).v,
+	    SMTP_SEND_STARTTLS);
+	CHECK_EQ(smtp_setup(&s, (const uint8_t *)READY, sizeof(READY) - 1).v, SMTP_START_TLS);
+	CHECK_EQ(smtp_client(&s, ehlo, 8).v, SMTP_HOLD);
+	smtp_upstream_tls_up(&s);
+	CHECK_EQ(smtp_client(&s, ehlo, 8).v, SMTP_UP_EHLO);
+	CHECK_EQ(smtp_client(&s, ehlo, 8).v, SMTP_HOLD);
+	r = smtp_server(&s, (const uint8_t *)XC_UP, sizeof(XC_UP) - 1, scratch);
+	CHECK(r.v == SMTP_REPLY && r.n == sizeof(XC_UP) - 1 && r.reply_len == 0);
+	CHECK_EQ(smtp_client(&s, ehlo, 8).v, SMTP_UP_XCLIENT);
+	r = smtp_server(&s, (const uint8_t *)XC_220, sizeof(XC_220) - 1, scratch);
+	CHECK(r.v == SMTP_REPLY && r.n == sizeof(XC_220) - 1 && r.reply_len == 0);
+	r = smtp_client(&s, ehlo, 8);
+	CHECK(r.v == SMTP_PASS && r.n == 8);
+	CHECK_EQ(smtp_pending(&s), 1);
+
+	/* A refusal ends the session for both readers. */
+	s = xsession(SMTP_LISTEN_PLAIN, true);
+	smtp_server(&s, (const uint8_t *)G, sizeof(G) - 1, scratch);
+	CHECK_EQ(smtp_client(&s, ehlo, 8).v, SMTP_UP_EHLO);
+	r = smtp_server(&s, (const uint8_t *)EHLO_UP, sizeof(EHLO_UP) - 1, scratch);
+	CHECK(r.v == SMTP_REFUSE && r.reply != NULL && r.n == 0);
+	CHECK_EQ(smtp_client(&s, ehlo, 8).v, SMTP_CLOSE);
+	CHECK_EQ(smtp_server(&s, (const uint8_t *)XC_220, sizeof(XC_220) - 1, scratch).v,
+	    SMTP_CLOSE);
+}
+
+static bool xchar(unsigned c)
+{
+	return c >= 33 && c <= 126 && c != '+' && c != '=';
+}
+
+/* Every byte: itself when RFC 3461 allows it, else +HH in upper case;
+ * and the encoding decodes back to the bytes. */
+static void test_xtext_every_byte(void)
+{
+	uint8_t all[256];
+	char out[768], one[4];
+	size_t n, o = 0, bad = 0;
+
+	for (unsigned c = 0; c < 256; c++) {
+		uint8_t b = (uint8_t)c;
+		char want[4];
+		all[c] = b;
+		n = smtp_xtext(&b, 1, one, sizeof(one));
+		if (xchar(c))
+			snprintf(want, sizeof(want), "%c", (int)c);
+		else
+			snprintf(want, sizeof(want), "+%02X", c);
+		if (n != strlen(want) || memcmp(one, want, n) != 0)
+			bad++;
+	}
+	CHECK_EQ(bad, 0);
+	n = smtp_xtext(all, sizeof(all), out, sizeof(out));
+	CHECK_EQ(n, 94 - 2 + (256 - 92) * 3);
+	for (size_t i = 0; i < n; i++) {
+		unsigned v;
+		if (out[i] == '+') {
+			CHECK(i + 2 < n && sscanf(out + i + 1, "%2X", &v) == 1);
+			i += 2;
+		} else {
+			v = (unsigned char)out[i];
+			CHECK(xchar(v));
+		}
+		if (o < 256 && all[o] != v)
+			bad++;
+		o++;
+	}
+	CHECK_EQ(o, 256);
+	CHECK_EQ(bad, 0);
+}
+
+/* Only whole encodings are written, and never past cap; the length is
+ * always the whole encoding's. */
+static void test_xtext_bounds(void)
+{
+	char out[8];
+
+	memset(out, '#', sizeof(out));
+	CHECK_EQ(smtp_xtext((const uint8_t *)"ab=cd", 5, out, 4), 7);
+	CHECK(memcmp(out, "ab##", 4) == 0);
+	CHECK_EQ(smtp_xtext((const uint8_t *)"ab=cd", 5, out, 5), 7);
+	CHECK(memcmp(out, "ab+3D#", 6) == 0);
+	CHECK_EQ(smtp_xtext((const uint8_t *)"", 0, out, 0), 0);
+	CHECK_EQ(smtp_xtext((const uint8_t *)"x+", 2, NULL, 0), 4);
+}
+
+static size_t xline(const struct smtp *s, const char *client, bool v6,
+    const char *addr, char *out)
+{
+	return smtp_xclient_line(s, (const uint8_t *)client, strlen(client), addr, v6,
+	    65535, out);
+}
+
+/* The line stays within 512 bytes, CRLF included: a HELO argument that
+ * does not fit, or is longer than 255 bytes, is sent as [UNAVAILABLE]. */
+static void test_xclient_line(void)
+{
+	static const char v6[] = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
+	struct smtp s = xsession(SMTP_LISTEN_PLAIN, true);
+	char out[SMTP_XCLIENT_MAX + 1], helo[600], client[700], want[700];
+	size_t fixed, n;
+
+	n = xline(&s, "EHLO h\r\n", true, "::1", out);
+	out[n] = '\0';
+	CHECK_STR(out, "XCLIENT ADDR=IPV6:::1 PORT=65535 PROTO=ESMTP HELO=h\r\n");
+	s.xclient_name = true;
+	n = xline(&s, "Helo\th\n", false, "10.1.2.3", out);
+	out[n] = '\0';
+	CHECK_STR(out, "XCLIENT ADDR=10.1.2.3 PORT=65535 PROTO=SMTP NAME=[UNAVAILABLE] HELO=h\r\n");
+	CHECK_EQ(xline(&s, "MAIL FROM:<a>\r\n", false, "10.1.2.3", out), 0);
+	CHECK_EQ(xline(&s, "EHLOx y\r\n", false, "10.1.2.3", out), 0);
+	CHECK_EQ(xline(&s, "EHLO y", false, "10.1.2.3", out), 0);
+
+	/* The longest fixed part: an IPv6 address of 39 characters. */
+	fixed = strlen("XCLIENT ADDR=IPV6: PORT=65535 PROTO=ESMTP NAME=[UNAVAILABLE] HELO=\r\n") +
+	    strlen(v6);
+	/* HELO values of 255 bytes fit, encoded as they are... */
+	memset(helo, 'a', 255);
+	helo[255] = '\0';
+	snprintf(client, sizeof(client), "EHLO %s\r\n", helo);
+	n = xline(&s, client, true, v6, out);
+	CHECK_EQ(n, fixed + 255);
+	CHECK(n <= SMTP_XCLIENT_MAX);
+	/* ...256 do not. */
+	snprintf(client, sizeof(client), "EHLO %sa\r\n", helo);
+	n = xline(&s, client, true, v6, out);
+	out[n] = '\0';
+	snprintf(want, sizeof(want), "XCLIENT ADDR=IPV6:%s PORT=65535 PROTO=ESMTP "
+	    "NAME=[UNAVAILABLE] HELO=[UNAVAILABLE]\r\n", v6);
+	CHECK_STR(out, want);
+	/* Encoded, the last byte that fits and the first that does not. */
+	for (size_t k = 1; k <= 255; k++) {
+		size_t enc = fixed + 3 * k;
+		memset(helo, '=', k);
+		helo[k] = '\0';
+		snprintf(client, sizeof(client), "EHLO %s\r\n", helo);
+		n = xline(&s, client, true, v6, out);
+		CHECK(n <= SMTP_XCLIENT_MAX);
+		if (enc <= SMTP_XCLIENT_MAX && n != enc)
+			CHECK_EQ(n, enc);
+		if (enc > SMTP_XCLIENT_MAX && n != fixed + strlen("[UNAVAILABLE]"))
+			CHECK_EQ(n, fixed + strlen("[UNAVAILABLE]"));
+	}
+	/* CR, LF and NUL never get through as themselves. */
+	n = xline(&s, "EHLO a\tb\vc\fd e\r\n", false, "10.1.2.3", out);
+	out[n] = '\0';
+	CHECK(strstr(out, "HELO=a+09b+0Bc+0Cd+20e\r\n") != NULL);
+}
+
 int main(void)
 {
 	test_ehlo_modes();
@@ -1601,5 +1920,14 @@ int main(void)
 	test_bdat_cap();
 	test_whole_replies();
 	test_dead_is_final();
+	test_xclient_flow();
+	test_xclient_helo();
+	test_xclient_later_ehlo();
+	test_xclient_before_ehlo();
+	test_xclient_refused();
+	test_xclient_starttls_upstream();
+	test_xtext_every_byte();
+	test_xtext_bounds();
+	test_xclient_line();
 	return unit_done("test_smtp");
 }
