@@ -32,7 +32,7 @@ endif
 
 # Modules with no I/O: unit-tested and fuzzed alone.
 PURE     := buf config smtp_client smtp_server smtp_setup proxy reason dane \
-            http metrics
+            http metrics tickets
 # The rest: sockets, TLS, events.
 IO       := main listener conn endpoint relay tls verify log dns upname \
             handshake proxyin upsetup
