@@ -1079,6 +1079,7 @@ void generation_free(struct generation *g)
 		return;
 	for (i = 0; i < g->nsvcs; i++)
 		tls_free(&g->svcs[i].tls);
+	tls_tickets_free(g->tickets);   /* after the contexts that use them */
 	free(g->svcs);
 	config_free(g->cfg);
 	free(g);

@@ -57,6 +57,7 @@ struct generation {
 	struct config *cfg;
 	struct svc_rt *svcs;
 	size_t nsvcs;
+	struct tickets *tickets;           /* tls_ticket_keys; NULL: shared random */
 	unsigned refs;                     /* live sessions */
 	bool retired;                      /* a newer load replaced it */
 };

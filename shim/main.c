@@ -118,6 +118,9 @@ static struct generation *generation_load(const char *dir, FILE *err)
 		generation_free(g);
 		return NULL;
 	}
+	/* Read again at every load: a reload is how the operator rotates them. */
+	if (g->cfg->tls_ticket_keys != NULL && (g->tickets = tls_tickets_load(g->cfg, err)) == NULL)
+		bad = 1;
 	for (i = 0; i < g->cfg->nservices; i++) {
 		struct svc_rt *sv = &g->svcs[i];
 		sv->svc = &g->cfg->services[i];
@@ -131,7 +134,7 @@ static struct generation *generation_load(const char *dir, FILE *err)
 			fprintf(err, "%s:%d: %s\n", file, line, msg);
 			bad = 1;
 		}
-		if (tls_init(&sv->tls, g->cfg, sv->svc, err) < 0)
+		if (tls_init(&sv->tls, g->cfg, sv->svc, g->tickets, err) < 0)
 			bad = 1;
 	}
 	/* Checked here, not first in a worker that could only die of it. */

@@ -13,7 +13,7 @@
  *   bytes decoded, laid out as haproxy does: name(16) AES(16|32)
  *   HMAC(16|32). Blank lines are skipped; sizes may be mixed.
  *
- * A file whose every byte is base64 or white space is text; any other is
+ * A file of printable ASCII and line breaks only is text; any other is
  * binary. Either way the first key encrypts new tickets and every key
  * decrypts (newest first, the reverse of haproxy's order).
  */

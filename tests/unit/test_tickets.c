@@ -116,7 +116,9 @@ static void test_text(void)
 	CHECK_STR(err, "line 1: not valid base64");
 	snprintf(text, sizeof(text), "%s %s\n", line, line);
 	CHECK_EQ(parse(text, strlen(text), &t, err), -1);
-	CHECK_STR(err, "line 1: one key per line");
+	CHECK_STR(err, "line 1: not valid base64");
+	CHECK_EQ(parse("not base64 at all!\n", 19, &t, err), -1);
+	CHECK_STR(err, "line 1: not valid base64");
 	CHECK_EQ(parse("\n \r\n", 4, &t, err), -1);
 	CHECK_STR(err, "no key in it");
 	text[0] = '\0';
