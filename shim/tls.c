@@ -4,6 +4,7 @@
 #endif
 
 #include "tls.h"
+#include "proxy.h"
 #include "tickets.h"
 
 #include <arpa/inet.h>
@@ -679,6 +680,21 @@ const char *tls_handshake_error(SSL *ssl, char *buf, size_t len)
 	}
 	ERR_clear_error();
 	return buf;
+}
+
+void tls_proxy_info(const SSL *ssl, struct proxy_tls *out)
+{
+	const SSL_CIPHER *c = SSL_get_current_cipher(ssl);
+	/* A resumed session keeps the certificate of the handshake that made
+	 * it: the session had one, this connection did not send it. */
+	bool cert = SSL_get0_peer_certificates(ssl) != NULL;
+
+	out->version = SSL_get_version(ssl);
+	out->cipher = c != NULL ? SSL_CIPHER_get_name(c) : NULL;
+	out->sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+	out->cert_sess = cert;
+	out->cert_conn = cert && !SSL_session_reused(ssl);
+	out->verified = cert && SSL_get_verify_result(ssl) == X509_V_OK;
 }
 
 const char *tls_version(const SSL *ssl)

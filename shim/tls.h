@@ -16,6 +16,7 @@ typedef struct ssl_st SSL;
 typedef struct ssl_ctx_st SSL_CTX;
 typedef struct ssl_session_st SSL_SESSION;
 struct tickets;
+struct proxy_tls;
 
 struct svc_tls {
 	const struct service *svc;
@@ -70,6 +71,9 @@ const char *tls_check_upstream(SSL *ssl, const struct service *svc,
 
 /* Why a handshake failed, in plain words (verification result first). */
 const char *tls_handshake_error(SSL *ssl, char *buf, size_t len);
+
+/* The listen hop's TLS as a PROXY v2 header tells it (proxy.h). */
+void tls_proxy_info(const SSL *ssl, struct proxy_tls *out);
 
 const char *tls_version(const SSL *ssl);   /* "TLSv1.3" */
 const char *tls_cipher(const SSL *ssl);    /* IANA name */
