@@ -928,6 +928,16 @@ static void test_ignored(void)
 	cfg = parse("[global]\ntls_min_version = TLSv1.3\n" SVC "upstream_tls = starttls\n");
 	CHECK(cfg && cfg->services[0].upstream_min_version == CONFIG_TLS13);
 	config_free(cfg);
+	/* Ticket keys with no TLS listener to use them: refused. */
+	expect_error("[global]\ntls_ticket_keys = /keys\n" SVC,
+	    "t.conf:2: tls_ticket_keys is set but no listener uses TLS");
+	cfg = parse("[global]\ntls_ticket_keys = /keys\n" SVC "listen_tls = starttls\n"
+	    "listen_cert = /a.pem\n");
+	CHECK(cfg && cfg->tls_ticket_keys && strcmp(cfg->tls_ticket_keys, "/keys") == 0);
+	config_free(cfg);
+	cfg = parse(SVC);
+	CHECK(cfg && cfg->tls_ticket_keys == NULL);
+	config_free(cfg);
 	/* A bad mode is reported once, not again as "ignored". */
 	expect_error(SVC "upstream_tls = tls\nupstream_ca = /ca\n",
 	    "t.conf:4: bad value 'tls' for upstream_tls");
