@@ -153,5 +153,5 @@ int main(void)
 	test_binary();
 	test_text();
 	test_too_many();
-	return unit_done("tickets");
+	return unit_done("test_tickets");
 }
