@@ -31,8 +31,8 @@ BIN      := mailshim
 endif
 
 # Modules with no I/O: unit-tested and fuzzed alone.
-PURE     := buf config smtp_client smtp_server smtp_setup smtp_xclient proxy reason dane \
-            http metrics
+PURE     := buf config smtp_client smtp_server smtp_setup smtp_xclient proxy reason \
+            dane http metrics tickets
 # The rest: sockets, TLS, events.
 IO       := main listener conn endpoint relay tls verify log dns upname uplookup \
             metricsd handshake proxyin upsetup upxclient

@@ -27,7 +27,7 @@ enum type {
 enum kid {
 	K_WORKERS, K_USER, K_HELO_NAME, K_LOG, K_LOG_LEVEL, K_MAX_CONNECTIONS,
 	K_TLS_MIN_VERSION, K_METRICS, K_SHUTDOWN_GRACE, K_DNS_RESOLVER,
-	K_DNSSEC_TRUST_ANCHOR, K_TIMEOUT_DNS,
+	K_DNSSEC_TRUST_ANCHOR, K_TIMEOUT_DNS, K_TLS_TICKET_KEYS,
 	K_LISTEN, K_LISTEN_TLS, K_LISTEN_CERT, K_LISTEN_KEY, K_LISTEN_PLAIN_FROM,
 	K_LISTEN_CLIENT_CA, K_LISTEN_MIN_VERSION, K_LISTEN_CIPHERS,
 	K_PROXY_PROTOCOL, K_PROXY_FROM,
@@ -98,6 +98,7 @@ static const struct key keys[K_COUNT] = {
 	    G(dnssec_trust_anchor), .def = "/usr/share/dns/root.key" },
 	[K_TIMEOUT_DNS] = { KEY("timeout_dns", T_DUR), G(timeout_dns_ms),
 	    .def = "10s", .min = 1, .max = DAY_MS },
+	[K_TLS_TICKET_KEYS] = { KEY("tls_ticket_keys", T_STR), G(tls_ticket_keys) },
 
 	[K_LISTEN] = { KEY("listen", T_LISTEN), S(listen),
 	    .flags = F_REPEAT | F_REQUIRED },
@@ -774,7 +775,7 @@ static void global_fields_free(struct config *g)
 	free(g->metrics_addr.text);
 	for (size_t i = 0; i < g->ndns_resolvers; i++)
 		free(g->dns_resolvers[i]);
-	free(g->dns_resolvers); free(g->dnssec_trust_anchor);
+	free(g->dns_resolvers); free(g->dnssec_trust_anchor); free(g->tls_ticket_keys);
 }
 
 /* Scratch sections hold what a refused section parsed; drop it. */
@@ -1229,6 +1230,21 @@ static void check_tls_default(struct ctx *c, const struct config *cfg,
 	    "sets its own minimum)", NAME(K_TLS_MIN_VERSION), w_mode[MODE_PLAIN]);
 }
 
+/* Ticket keys serve TLS listeners only: refuse them where there is none. */
+static void check_ticket_keys(struct ctx *c, const struct config *cfg,
+    const struct priv *p)
+{
+	int line = p->gsrc.line[K_TLS_TICKET_KEYS];
+
+	if (!line)
+		return;
+	for (size_t i = 0; i < cfg->nservices; i++)
+		if (cfg->services[i].listen_tls != MODE_PLAIN)
+			return;
+	c->file = p->gfile;
+	report(c, line, "%s is set but no listener uses TLS", NAME(K_TLS_TICKET_KEYS));
+}
+
 int config_finish(struct config *cfg, const char *where, FILE *err)
 {
 	struct priv *p = priv_of(cfg);
@@ -1240,8 +1256,10 @@ int config_finish(struct config *cfg, const char *where, FILE *err)
 	for (size_t i = 0; i < cfg->nservices; i++)
 		finish_service(&c, cfg, i);
 	check_listen_unique(&c, cfg);
-	if (cfg->nservices)
+	if (cfg->nservices) {
 		check_tls_default(&c, cfg, p);
+		check_ticket_keys(&c, cfg, p);
+	}
 	c.file = where;
 	if (cfg->nservices == 0)
 		report(&c, 0, "no service defined");

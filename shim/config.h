@@ -103,6 +103,7 @@ struct config {
 	size_t ndns_resolvers;
 	char *dnssec_trust_anchor;     /* DS/DNSKEY file validation starts from */
 	uint32_t timeout_dns_ms;       /* one DNS lookup */
+	char *tls_ticket_keys;         /* NULL: random keys made at start */
 
 	struct service *services;
 	size_t nservices;

@@ -37,14 +37,14 @@
 static const char NO_REPLY[] = "";
 
 enum cl_state { CL_PROXY, CL_HANDSHAKE, CL_READY, CL_STARTTLS };
-enum up_state { UP_NONE, UP_CONNECTING, UP_SETUP, UP_HANDSHAKE, UP_READY, UP_GONE,
-	UP_RESOLVING };
+enum up_state { UP_NONE, UP_CONNECTING, UP_CLIENT_WAIT, UP_SETUP, UP_HANDSHAKE, UP_READY,
+	UP_GONE, UP_RESOLVING };
 enum phase { PH_OPEN, PH_RELAY, PH_FINAL };
 
 static const char *const phase_names[] = { "open", "relay", "final" };
 static const char *const cl_names[] = { "proxy", "handshake", "ready", "starttls" };
-static const char *const up_names[] = { "none", "connecting", "setup", "handshake",
-	"ready", "gone", "resolving" };
+static const char *const up_names[] = { "none", "connecting", "client-wait", "setup",
+	"handshake", "ready", "gone", "resolving" };
 static const char *const result_names[] = { "ok", "refused", "error" };
 
 struct conn {
@@ -400,19 +400,28 @@ static int upstream_tls_start(struct conn *c)
 
 /*
  * Announce the real client to the upstream before anything else, TLS
- * included. A header this small always fits a fresh socket's buffer.
+ * included. A v2 header from a listen hop whose TLS is up also tells that
+ * TLS (version, cipher, SNI, client certificate); on plain and STARTTLS
+ * listeners it goes before any TLS, so it has none. A header this small
+ * always fits a fresh socket's buffer.
  */
 static int send_proxy(struct conn *c)
 {
 	struct sockaddr_storage local;
 	socklen_t len = sizeof(local);
-	uint8_t hdr[128];
+	struct proxy_tls tls, *tp = NULL;
+	uint8_t hdr[640];
 	size_t n;
+	int v2 = c->svc->svc->upstream_proxy_protocol == PROXY_V2;
 
 	if (getsockname(c->cl.fd, (struct sockaddr *)&local, &len) < 0)
 		return -1;
-	n = proxy_build(c->svc->svc->upstream_proxy_protocol == PROXY_V2 ? 2 : 1,
-	    &c->peer.sa, (struct sockaddr *)&local, hdr, sizeof(hdr));
+	if (v2 && c->cl.ssl != NULL && c->cl_state == CL_READY) {
+		tls_proxy_info(c->cl.ssl, &tls);
+		tp = &tls;
+	}
+	n = proxy_build(v2 ? 2 : 1, &c->peer.sa, (struct sockaddr *)&local, tp, hdr,
+	    sizeof(hdr));
 	if (n == 0 || send(c->up.fd, hdr, n, MSG_NOSIGNAL) != (ssize_t)n)
 		return -1;
 	return 0;
@@ -432,17 +441,44 @@ static int upstream_retry(struct conn *c, enum reason why, const char *detail)
 	return upstream_connect(c);
 }
 
+/* A v2 header tells the client's TLS: on an implicit listener it waits
+ * for the client's handshake. */
+static bool header_waits(const struct conn *c)
+{
+	const struct service *s = c->svc->svc;
+
+	return s->upstream_proxy_protocol == PROXY_V2 && s->listen_tls == MODE_IMPLICIT &&
+	    c->cl_state != CL_READY;
+}
+
+/*
+ * The upstream's TCP connect is done: the PROXY header, then the hop's
+ * own start. When the header waits for the client's handshake, so does
+ * everything on this hop, which then watches nothing (UP_CLIENT_WAIT: an
+ * upstream that speaks or leaves meanwhile is seen after the header) and
+ * gets its own timeout_handshake once the client's is done.
+ */
 static int upstream_connected(struct conn *c)
 {
 	int err = 0;
 	socklen_t len = sizeof(err);
 
-	if (c->up.wr_wait)
-		return 0;
-	if (getsockopt(c->up.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
-		err = errno;
-	if (err != 0)
-		return upstream_retry(c, R_UP_CONNECT, strerror(err));
+	if (c->up_state == UP_CLIENT_WAIT) {
+		if (header_waits(c))
+			return 0;
+	} else {
+		if (c->up.wr_wait)
+			return 0;
+		if (getsockopt(c->up.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+			err = errno;
+		if (err != 0)
+			return upstream_retry(c, R_UP_CONNECT, strerror(err));
+		if (header_waits(c)) {
+			set_deadline(c, c->svc->svc->timeout_handshake_ms);
+			up_enter(c, UP_CLIENT_WAIT);
+			return 1;
+		}
+	}
 	set_deadline(c, c->svc->svc->timeout_handshake_ms);
 	if (c->svc->svc->upstream_proxy_protocol != PROXY_NO && send_proxy(c) < 0)
 		return fail_now(c, R_UP_PROXY_SEND, NULL);
@@ -524,6 +560,7 @@ static int upstream_turn(struct conn *c)
 {
 	switch (c->up_state) {
 	case UP_CONNECTING:
+	case UP_CLIENT_WAIT:
 		return upstream_connected(c);
 	case UP_SETUP:
 		return upstream_setup(c);
@@ -1123,10 +1160,10 @@ static int conn_timeout(struct conn *c)
 	case PH_RELAY:
 		if (c->cl_state != CL_READY)
 			return close_now(c, R_CL_HANDSHAKE_TIMEOUT, NULL);
-		/* Half a reply went out: nothing of the shim's may follow it. */
+		/* Replies go out whole (smtp_server.c): a half-read one has sent
+		 * nothing yet, so the client can still be told. */
 		if (reply_owed(c))
-			return c->smtp.reply_code != 0 ? close_now(c, R_REPLY_TIMEOUT, NULL) :
-			    fail_now(c, R_REPLY_TIMEOUT, NULL);
+			return fail_now(c, R_REPLY_TIMEOUT, NULL);
 		return close_now(c, R_IDLE_TIMEOUT, NULL);
 	default:
 		return close_now(c, c->why, c->detail);
@@ -1249,6 +1286,7 @@ void generation_free(struct generation *g)
 		return;
 	for (i = 0; i < g->nsvcs; i++)
 		tls_free(&g->svcs[i].tls);
+	tls_tickets_free(g->tickets);   /* after the contexts that use them */
 	free(g->svcs);
 	config_free(g->cfg);
 	free(g);

@@ -5,6 +5,7 @@
  *
  *   OPEN   the upstream connects (and, for STARTTLS, talks EHLO/STARTTLS
  *          and hand-shakes); an implicit-TLS client hand-shakes meanwhile
+ *          (a PROXY v2 header, which tells that TLS, waits for it)
  *   RELAY  bytes flow both ways through the SMTP layer; a STARTTLS from
  *          the client switches the listen hop to TLS in place
  *   FINAL  the upstream is gone; the shim's last reply (421...) is
@@ -60,6 +61,7 @@ struct generation {
 	struct config *cfg;
 	struct svc_rt *svcs;
 	size_t nsvcs;
+	struct tickets *tickets;           /* tls_ticket_keys; NULL: shared random */
 	unsigned refs;                     /* live sessions */
 	bool retired;                      /* a newer load replaced it */
 };

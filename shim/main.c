@@ -18,6 +18,7 @@
  * from before they are forked. The listening sockets stay, so a change of
  * listen addresses (or of workers) needs a restart.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <grp.h>
 #include <netdb.h>
@@ -92,6 +93,13 @@ static void upstream_text(struct svc_rt *rt)
 	    "[%s]:%s" : "%s:%s", s->upstream_host, s->upstream_port);
 }
 
+static bool numeric_host(const char *h)
+{
+	unsigned char a[16];
+
+	return inet_pton(AF_INET, h, a) == 1 || inet_pton(AF_INET6, h, a) == 1;
+}
+
 static bool dane_level(const struct service *s)
 {
 	return s->upstream_verify == VERIFY_DANE || s->upstream_verify == VERIFY_DANE_ONLY;
@@ -112,7 +120,8 @@ static int worker_dns(struct worker *w, struct generation *g)
 	for (i = 0; i < g->nsvcs; i++) {
 		const struct service *s = g->svcs[i].svc;
 		dane |= dane_level(s) && s->upstream_tls != MODE_PLAIN;
-		names |= !dane_level(s);
+		/* A numeric upstream needs no resolver (nor its thread). */
+		names |= !dane_level(s) && !numeric_host(s->upstream_host);
 	}
 	if (dane && (w->dns = dns_new(w->loop, g->cfg, err, sizeof(err))) == NULL) {
 		log_msg(LEVEL_ERROR, "DNS: %s", err);
@@ -179,6 +188,9 @@ static struct generation *generation_load(const char *dir, FILE *err)
 		generation_free(g);
 		return NULL;
 	}
+	/* Read again at every load: a reload is how the operator rotates them. */
+	if (g->cfg->tls_ticket_keys != NULL && (g->tickets = tls_tickets_load(g->cfg, err)) == NULL)
+		bad = 1;
 	for (i = 0; i < g->cfg->nservices; i++) {
 		struct svc_rt *sv = &g->svcs[i];
 		sv->svc = &g->cfg->services[i];
@@ -187,7 +199,7 @@ static struct generation *generation_load(const char *dir, FILE *err)
 		g->nsvcs++;
 		upstream_text(sv);
 		sv->mslot = shm ? metrics_service_slot(shm, sv->svc->name) : -1;
-		if (tls_init(&sv->tls, g->cfg, sv->svc, err) < 0)
+		if (tls_init(&sv->tls, g->cfg, sv->svc, g->tickets, err) < 0)
 			bad = 1;
 	}
 	/* Checked here, not first in a worker that could only die of it. */

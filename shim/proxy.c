@@ -202,10 +202,61 @@ static size_t build_v1(const struct sockaddr *src, const struct sockaddr *dst,
 	return n > 0 && (size_t)n < cap ? (size_t)n : 0;
 }
 
-static size_t build_v2(const struct sockaddr *src, const struct sockaddr *dst,
-    uint8_t *out, size_t cap)
+/* One TLV of n value bytes at out + at; the new end, or 0 past cap. */
+static size_t tlv_put(uint8_t *out, size_t at, size_t cap, uint8_t t, const void *v,
+    size_t n)
 {
-	size_t alen;
+	if (n > 0xffff || at + 3 + n > cap || at + 3 + n > PROXY_MAX)
+		return 0;
+	out[at] = t;
+	out[at + 1] = (uint8_t)(n >> 8);
+	out[at + 2] = (uint8_t)n;
+	if (n > 0)
+		memcpy(out + at + 3, v, n);
+	return at + 3 + n;
+}
+
+static size_t tlv_str(uint8_t *out, size_t at, size_t cap, uint8_t t, const char *s)
+{
+	return s != NULL && *s != '\0' ? tlv_put(out, at, cap, t, s, strlen(s)) : at;
+}
+
+/* AUTHORITY (the SNI), then SSL with its version and cipher sub-TLVs. */
+static size_t build_tls(const struct proxy_tls *tls, uint8_t *out, size_t at, size_t cap)
+{
+	size_t ssl, end;
+	uint8_t client = PP2_CLIENT_SSL;
+	uint32_t verify = tls->verified && (tls->cert_conn || tls->cert_sess) ? 0 : 1;
+
+	if ((at = tlv_str(out, at, cap, PP2_TYPE_AUTHORITY, tls->sni)) == 0)
+		return 0;
+	if (tls->cert_conn)
+		client |= PP2_CLIENT_CERT_CONN;
+	if (tls->cert_sess || tls->cert_conn)
+		client |= PP2_CLIENT_CERT_SESS;
+	ssl = at;
+	if (at + 8 > cap)
+		return 0;
+	out[at + 3] = client;
+	out[at + 4] = (uint8_t)(verify >> 24);
+	out[at + 5] = (uint8_t)(verify >> 16);
+	out[at + 6] = (uint8_t)(verify >> 8);
+	out[at + 7] = (uint8_t)verify;
+	end = at + 8;
+	if ((end = tlv_str(out, end, cap, PP2_SUBTYPE_SSL_VERSION, tls->version)) == 0 ||
+	    (end = tlv_str(out, end, cap, PP2_SUBTYPE_SSL_CIPHER, tls->cipher)) == 0 ||
+	    end - ssl - 3 > 0xffff)
+		return 0;
+	out[ssl] = PP2_TYPE_SSL;
+	out[ssl + 1] = (uint8_t)((end - ssl - 3) >> 8);
+	out[ssl + 2] = (uint8_t)(end - ssl - 3);
+	return end;
+}
+
+static size_t build_v2(const struct sockaddr *src, const struct sockaddr *dst,
+    const struct proxy_tls *tls, uint8_t *out, size_t cap)
+{
+	size_t alen, end;
 
 	if (cap < 16 + 36)
 		return 0;
@@ -232,13 +283,55 @@ static size_t build_v2(const struct sockaddr *src, const struct sockaddr *dst,
 		out[13] = 0x00;
 		alen = 0;
 	}
-	out[14] = (uint8_t)(alen >> 8);
-	out[15] = (uint8_t)alen;
-	return 16 + alen;
+	end = 16 + alen;
+	if (tls != NULL && out[12] == 0x21 && (end = build_tls(tls, out, end, cap)) == 0)
+		return 0;
+	out[14] = (uint8_t)((end - 16) >> 8);
+	out[15] = (uint8_t)(end - 16);
+	return end;
 }
 
 size_t proxy_build(int version, const struct sockaddr *src,
-    const struct sockaddr *dst, uint8_t *out, size_t cap)
+    const struct sockaddr *dst, const struct proxy_tls *tls, uint8_t *out,
+    size_t cap)
 {
-	return version == 2 ? build_v2(src, dst, out, cap) : build_v1(src, dst, out, cap);
+	return version == 2 ? build_v2(src, dst, tls, out, cap) :
+	    build_v1(src, dst, out, cap);
+}
+
+int proxy_tlv_find(const uint8_t *p, size_t len, uint8_t t, const uint8_t **val,
+    size_t *vlen)
+{
+	size_t at = 0, n;
+	int found = 0;
+
+	/* The whole list is checked, so a malformed tail is never missed. */
+	while (at < len) {
+		if (len - at < 3)
+			return -1;
+		n = (size_t)p[at + 1] << 8 | p[at + 2];
+		if (n > len - at - 3)
+			return -1;
+		if (!found && p[at] == t) {
+			*val = p + at + 3;
+			*vlen = n;
+			found = 1;
+		}
+		at += 3 + n;
+	}
+	return found;
+}
+
+size_t proxy_tlv_offset(const uint8_t *hdr, size_t len)
+{
+	if (len < PROXY_V2_FIXED || (hdr[12] & 0x0f) != 0x1)
+		return len;
+	switch (hdr[13]) {
+	case 0x11:
+		return 16 + 12 <= len ? 16 + 12 : len;
+	case 0x21:
+		return 16 + 36 <= len ? 16 + 36 : len;
+	default:
+		return len;
+	}
 }

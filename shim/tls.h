@@ -15,6 +15,8 @@
 typedef struct ssl_st SSL;
 typedef struct ssl_ctx_st SSL_CTX;
 typedef struct ssl_session_st SSL_SESSION;
+struct tickets;
+struct proxy_tls;
 
 struct svc_tls {
 	const struct service *svc;
@@ -22,6 +24,7 @@ struct svc_tls {
 	size_t nlisten;
 	SSL_CTX *upstream;       /* NULL when upstream_tls = plain */
 	SSL_SESSION *session;    /* newest upstream session, for resumption */
+	const struct tickets *tickets;  /* tls_ticket_keys of the load, or NULL */
 };
 
 /*
@@ -29,17 +32,28 @@ struct svc_tls {
  * read here, never blocking (a FIFO is an error), and checked: PEM that
  * parses, a key that matches its certificate. Each problem is printed to
  * err as "FILE:LINE: message" naming the key at fault; -1 if any.
+ * tickets: the load's tls_ticket_keys (tls_tickets_load), which must
+ * outlive the contexts; NULL for the shared random keys.
  */
 int tls_init(struct svc_tls *t, const struct config *cfg,
-    const struct service *svc, FILE *err);
+    const struct service *svc, const struct tickets *tickets, FILE *err);
 
 /*
  * Session ticket keys shared by all workers (a MAP_SHARED page): made in
  * the supervisor before the first context and the first fork, rotated by
- * it. Without tls_tickets_init each context keeps its own keys.
+ * it. Without tls_tickets_init each context keeps its own keys. Unused by
+ * the contexts of a load that has tls_ticket_keys.
  */
 int tls_tickets_init(void);
 void tls_tickets_rotate(void);
+
+/*
+ * The keys of cfg's tls_ticket_keys file (a regular file, read without
+ * blocking, in a format of tickets.h); NULL after "FILE:LINE: message" on
+ * err. tls_tickets_free wipes and frees them; NULL is a no-op.
+ */
+struct tickets *tls_tickets_load(const struct config *cfg, FILE *err);
+void tls_tickets_free(struct tickets *tk);
 void tls_free(struct svc_tls *t);
 
 /* A server-side SSL on fd for the listen hop; NULL on failure. */
@@ -50,6 +64,9 @@ SSL *tls_new_upstream(struct svc_tls *t, int fd, const char *sni);
 
 /* Why a handshake failed, in plain words (verification result first). */
 const char *tls_handshake_error(SSL *ssl, char *buf, size_t len);
+
+/* The listen hop's TLS as a PROXY v2 header tells it (proxy.h). */
+void tls_proxy_info(const SSL *ssl, struct proxy_tls *out);
 
 const char *tls_version(const SSL *ssl);   /* "TLSv1.3" */
 const char *tls_cipher(const SSL *ssl);    /* IANA name */

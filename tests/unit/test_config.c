@@ -663,8 +663,8 @@ static void test_unbuilt(void)
 		{ "[s]\nlisten = 127.0.0.1:2525\nupstream = [2001:db8::1]:25\n"
 		  "upstream_tls = starttls\nupstream_verify = dane-only\n",
 		  "t.conf:5: upstream_verify = dane-only needs a host name" },
-		{ "[global]\nmetrics = 127.0.0.1:9465\n" SVC,
-		  "t.conf:2: metrics is not supported in this build\n" },
+		{ "[global]\nmetrics = localhost:9465\n" SVC,
+		  "t.conf:2: bad value 'localhost:9465' for metrics" },
 	};
 	struct config *cfg;
 
@@ -932,6 +932,16 @@ static void test_ignored(void)
 	    "t.conf:2: tls_min_version is set but no TLS hop takes it");
 	cfg = parse("[global]\ntls_min_version = TLSv1.3\n" SVC "upstream_tls = starttls\n");
 	CHECK(cfg && cfg->services[0].upstream_min_version == CONFIG_TLS13);
+	config_free(cfg);
+	/* Ticket keys with no TLS listener to use them: refused. */
+	expect_error("[global]\ntls_ticket_keys = /keys\n" SVC,
+	    "t.conf:2: tls_ticket_keys is set but no listener uses TLS");
+	cfg = parse("[global]\ntls_ticket_keys = /keys\n" SVC "listen_tls = starttls\n"
+	    "listen_cert = /a.pem\n");
+	CHECK(cfg && cfg->tls_ticket_keys && strcmp(cfg->tls_ticket_keys, "/keys") == 0);
+	config_free(cfg);
+	cfg = parse(SVC);
+	CHECK(cfg && cfg->tls_ticket_keys == NULL);
 	config_free(cfg);
 	/* A bad mode is reported once, not again as "ignored". */
 	expect_error(SVC "upstream_tls = tls\nupstream_ca = /ca\n",

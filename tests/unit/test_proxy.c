@@ -55,26 +55,26 @@ static void test_v2_roundtrip(void)
 	inet_pton(AF_INET, "127.0.0.1", &d4.sin_addr);
 	inet_pton(AF_INET6, "2001:db8::7", &s6.sin6_addr);
 	inet_pton(AF_INET6, "::1", &d6.sin6_addr);
-	n = proxy_build(2, (struct sockaddr *)&s4, (struct sockaddr *)&d4, out, sizeof(out));
+	n = proxy_build(2, (struct sockaddr *)&s4, (struct sockaddr *)&d4, NULL, out, sizeof(out));
 	CHECK_EQ(n, 28);
 	CHECK_EQ(proxy_parse(out, n, &pi), 28);
 	CHECK(memcmp(&((struct sockaddr_in *)&pi.src)->sin_addr, &s4.sin_addr, 4) == 0);
 	CHECK_EQ(((struct sockaddr_in *)&pi.src)->sin_port, s4.sin_port);
 	for (i = 0; i < n; i++)
 		CHECK_EQ(proxy_parse(out, i, &pi), 0);
-	n = proxy_build(2, (struct sockaddr *)&s6, (struct sockaddr *)&d6, out, sizeof(out));
+	n = proxy_build(2, (struct sockaddr *)&s6, (struct sockaddr *)&d6, NULL, out, sizeof(out));
 	CHECK_EQ(n, 52);
 	CHECK_EQ(proxy_parse(out, n, &pi), 52);
 	CHECK_EQ(pi.src.ss_family, AF_INET6);
-	n = proxy_build(1, (struct sockaddr *)&s6, (struct sockaddr *)&d6, out, sizeof(out));
+	n = proxy_build(1, (struct sockaddr *)&s6, (struct sockaddr *)&d6, NULL, out, sizeof(out));
 	CHECK(n > 0);
 	CHECK_EQ(proxy_parse(out, n, &pi), (int)n);
 	CHECK_EQ(ntohs(((struct sockaddr_in6 *)&pi.src)->sin6_port), 7);
-	n = proxy_build(1, (struct sockaddr *)&s4, (struct sockaddr *)&d4, out, sizeof(out));
+	n = proxy_build(1, (struct sockaddr *)&s4, (struct sockaddr *)&d4, NULL, out, sizeof(out));
 	CHECK(n == strlen("PROXY TCP4 198.51.100.23 127.0.0.1 4242 25\r\n"));
 	/* Bad version nibble, unknown family; a large length only asks for
 	 * more bytes (the protocol allows 65535 of them). */
-	n = proxy_build(2, (struct sockaddr *)&s4, (struct sockaddr *)&d4, out, sizeof(out));
+	n = proxy_build(2, (struct sockaddr *)&s4, (struct sockaddr *)&d4, NULL, out, sizeof(out));
 	out[12] = 0x31;
 	CHECK_EQ(proxy_parse(out, n, &pi), -1);
 	out[12] = 0x21;
@@ -108,7 +108,7 @@ static void test_v2_large(void)
 		return;
 	inet_pton(AF_INET, "203.0.113.7", &s4.sin_addr);
 	inet_pton(AF_INET, "127.0.0.1", &d4.sin_addr);
-	n = proxy_build(2, (struct sockaddr *)&s4, (struct sockaddr *)&d4, h, total);
+	n = proxy_build(2, (struct sockaddr *)&s4, (struct sockaddr *)&d4, NULL, h, total);
 	CHECK_EQ(n, 28);
 	/* One TLV (type 0xE0, custom) fills the rest. */
 	h[28] = 0xe0;
@@ -163,10 +163,105 @@ static void test_v2_large(void)
 	free(h);
 }
 
+/* The value of TLV t in the list p..p+len as a string (NULL: none). */
+static const char *tlv_text(const uint8_t *p, size_t len, uint8_t t, char *buf, size_t cap)
+{
+	const uint8_t *v;
+	size_t n;
+
+	if (proxy_tlv_find(p, len, t, &v, &n) != 1 || n >= cap)
+		return NULL;
+	memcpy(buf, v, n);
+	buf[n] = '\0';
+	return buf;
+}
+
+/* The TLS TLVs a v2 header carries parse back: AUTHORITY, then SSL with
+ * its client bits, verify field and version and cipher sub-TLVs. */
+static void test_v2_tls(void)
+{
+	struct sockaddr_in s4 = { .sin_family = AF_INET, .sin_port = htons(4242) };
+	struct sockaddr_in d4 = { .sin_family = AF_INET, .sin_port = htons(465) };
+	struct sockaddr_in6 s6 = { .sin6_family = AF_INET6, .sin6_port = htons(7) };
+	struct proxy_tls tls = { "TLSv1.3", "TLS_AES_128_GCM_SHA256", "mx.example.org",
+		false, false, false };
+	struct proxy_info pi;
+	uint8_t out[512];
+	const uint8_t *ssl, *tlvs;
+	size_t n, off, sslen, i;
+	char buf[256];
+
+	inet_pton(AF_INET, "198.51.100.23", &s4.sin_addr);
+	inet_pton(AF_INET, "127.0.0.1", &d4.sin_addr);
+	n = proxy_build(2, (struct sockaddr *)&s4, (struct sockaddr *)&d4, &tls, out, sizeof(out));
+	CHECK_EQ(n, 28 + 3 + 14 + 3 + 5 + 3 + 7 + 3 + 22);
+	CHECK_EQ(proxy_parse(out, n, &pi), (int)n);
+	CHECK_EQ(pi.local, 0);
+	CHECK_EQ(ntohs(((struct sockaddr_in *)&pi.src)->sin_port), 4242);
+	off = proxy_tlv_offset(out, n);
+	CHECK_EQ(off, 28);
+	tlvs = out + off;
+	CHECK_STR(tlv_text(tlvs, n - off, PP2_TYPE_AUTHORITY, buf, sizeof(buf)), "mx.example.org");
+	CHECK_EQ(tlvs[0], PP2_TYPE_AUTHORITY);   /* haproxy's order: AUTHORITY first */
+	CHECK_EQ(proxy_tlv_find(tlvs, n - off, PP2_TYPE_SSL, &ssl, &sslen), 1);
+	CHECK(sslen >= 5);
+	CHECK_EQ(ssl[0], PP2_CLIENT_SSL);
+	/* No client certificate: verify is not 0. */
+	CHECK(ssl[1] | ssl[2] | ssl[3] | ssl[4]);
+	CHECK_STR(tlv_text(ssl + 5, sslen - 5, PP2_SUBTYPE_SSL_VERSION, buf, sizeof(buf)), "TLSv1.3");
+	CHECK_STR(tlv_text(ssl + 5, sslen - 5, PP2_SUBTYPE_SSL_CIPHER, buf, sizeof(buf)),
+	    "TLS_AES_128_GCM_SHA256");
+	CHECK_EQ(proxy_tlv_find(tlvs, n - off, 0x30, &ssl, &sslen), 0);
+
+	/* A verified client certificate: both bits, verify 0; no SNI: no
+	 * AUTHORITY. IPv6 addresses. */
+	tls.sni = NULL;
+	tls.cert_conn = tls.cert_sess = tls.verified = true;
+	tls.version = "TLSv1.2";
+	tls.cipher = "ECDHE-RSA-AES128-GCM-SHA256";
+	inet_pton(AF_INET6, "2001:db8::7", &s6.sin6_addr);
+	{
+		struct sockaddr_in6 d6 = { .sin6_family = AF_INET6, .sin6_port = htons(465) };
+		inet_pton(AF_INET6, "::1", &d6.sin6_addr);
+		n = proxy_build(2, (struct sockaddr *)&s6, (struct sockaddr *)&d6, &tls, out,
+		    sizeof(out));
+	}
+	CHECK_EQ(proxy_parse(out, n, &pi), (int)n);
+	off = proxy_tlv_offset(out, n);
+	CHECK_EQ(off, 52);
+	tlvs = out + off;
+	CHECK_EQ(proxy_tlv_find(tlvs, n - off, PP2_TYPE_AUTHORITY, &ssl, &sslen), 0);
+	CHECK_EQ(proxy_tlv_find(tlvs, n - off, PP2_TYPE_SSL, &ssl, &sslen), 1);
+	CHECK_EQ(ssl[0], PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS);
+	CHECK_EQ(ssl[1] | ssl[2] | ssl[3] | ssl[4], 0);
+	CHECK_STR(tlv_text(ssl + 5, sslen - 5, PP2_SUBTYPE_SSL_CIPHER, buf, sizeof(buf)),
+	    "ECDHE-RSA-AES128-GCM-SHA256");
+	/* A resumed session: its certificate is the session's, not this
+	 * handshake's. */
+	tls.cert_conn = false;
+	n = proxy_build(2, (struct sockaddr *)&s4, (struct sockaddr *)&d4, &tls, out, sizeof(out));
+	CHECK_EQ(proxy_tlv_find(out + 28, n - 28, PP2_TYPE_SSL, &ssl, &sslen), 1);
+	CHECK_EQ(ssl[0], PP2_CLIENT_SSL | PP2_CLIENT_CERT_SESS);
+
+	/* Too small a buffer: nothing, never a cut header. */
+	for (i = 52; i < n; i++)
+		CHECK_EQ(proxy_build(2, (struct sockaddr *)&s4, (struct sockaddr *)&d4, &tls, out, i), 0);
+	/* v1 has no TLVs: the same line as without. */
+	CHECK_EQ(proxy_build(1, (struct sockaddr *)&s4, (struct sockaddr *)&d4, &tls, out,
+	    sizeof(out)), proxy_build(1, (struct sockaddr *)&s4, (struct sockaddr *)&d4, NULL,
+	    out, sizeof(out)));
+	/* Malformed lists are said to be. */
+	CHECK_EQ(proxy_tlv_find((const uint8_t *)"\x02\x00\x05" "ab", 5, 2, &ssl, &sslen), -1);
+	CHECK_EQ(proxy_tlv_find((const uint8_t *)"\x02\x00", 2, 2, &ssl, &sslen), -1);
+	CHECK_EQ(proxy_tlv_find((const uint8_t *)"\x02\x00\x01" "x\x04", 5, 2, &ssl, &sslen), -1);
+	CHECK_EQ(proxy_tlv_find((const uint8_t *)"\x04\x00\x00", 3, 2, &ssl, &sslen), 0);
+}
+
 int main(void)
 {
 	test_v1();
 	test_v2_roundtrip();
 	test_v2_large();
+	test_v2_tls();
 	return unit_done("test_proxy");
 }
