@@ -812,7 +812,7 @@ static int supervise(struct runtime *rt, const struct config *cfg)
 
 	memset(&sv, 0, sizeof(sv));
 	sv.rt = rt;
-	sv.md.lfd = -1;
+	metricsd_init(&sv.md);
 	sigemptyset(&sv.set);
 	sigaddset(&sv.set, SIGTERM);
 	sigaddset(&sv.set, SIGINT);

@@ -19,14 +19,20 @@ static void conn_drop(struct metricsd_conn *c)
 	c->inlen = c->outlen = c->outoff = 0;
 }
 
+void metricsd_init(struct metricsd *d)
+{
+	memset(d, 0, sizeof(*d));
+	d->lfd = -1;
+	for (size_t i = 0; i < METRICSD_CONNS; i++)
+		d->c[i].fd = -1;
+}
+
 int metricsd_open(struct metricsd *d, const struct sockaddr_text *a,
     struct metrics *m, unsigned nworkers, char *err, size_t errlen)
 {
 	int one = 1;
 
-	memset(d, 0, sizeof(*d));
-	for (size_t i = 0; i < METRICSD_CONNS; i++)
-		d->c[i].fd = -1;
+	metricsd_init(d);
 	d->m = m;
 	d->nworkers = nworkers;
 	d->lfd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);

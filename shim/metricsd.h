@@ -38,6 +38,9 @@ struct metricsd {
 	struct metricsd_conn c[METRICSD_CONNS];
 };
 
+/* No listener (yet): every descriptor -1, so metricsd_close() is safe. */
+void metricsd_init(struct metricsd *d);
+
 /* Bind and listen on a; -1 with err filled on failure. */
 int metricsd_open(struct metricsd *d, const struct sockaddr_text *a,
     struct metrics *m, unsigned nworkers, char *err, size_t errlen);
