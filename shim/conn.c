@@ -500,6 +500,8 @@ static int upstream_checked(struct conn *c)
 	c->up_ver = tls_version(c->up.ssl);
 	c->up_auth = verify_auth_name((enum verify_auth)c->verify.auth);
 	count_handshake(c, MH_UPSTREAM, c->up.ssl);
+	if (c->verify.auth != AUTH_ENCRYPT && c->verify.auth != AUTH_NONE)
+		smtp_upstream_authenticated(&c->smtp);
 	up_enter(c, UP_READY);
 	if (c->svc->svc->upstream_tls == MODE_STARTTLS)
 		smtp_upstream_tls_up(&c->smtp);

@@ -115,6 +115,8 @@ struct smtp {
 	bool reply_starttls;      /* setup: EHLO reply has STARTTLS */
 	bool up_chunking;         /* the upstream's EHLO reply offered CHUNKING */
 	uint64_t up_size;         /* its SIZE, 0 if none (SMTP_CHUNK_MAX then) */
+	bool up_authenticated;    /* upstream hop TLS, its server authenticated */
+	bool requiretls;          /* REQUIRETLS was offered to the client */
 	/* Commands waiting for replies, oldest first (ring buffer). */
 	uint8_t q[SMTP_QUEUE];
 	uint8_t qhead, qlen;
@@ -174,6 +176,13 @@ void smtp_listen_tls_up(struct smtp *s);
 
 /* TLS came up on the upstream hop (after SMTP_START_TLS): the relay runs. */
 void smtp_upstream_tls_up(struct smtp *s);
+
+/*
+ * The upstream hop is TLS and its server was authenticated (ca, pin,
+ * dane-ee, dane-ta): REQUIRETLS (RFC 8689) may be offered to the client
+ * once its own hop is TLS too and the upstream offers it.
+ */
+void smtp_upstream_authenticated(struct smtp *s);
 
 /* Replies still owed to the client by the upstream. */
 size_t smtp_pending(const struct smtp *s);

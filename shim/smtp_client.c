@@ -44,6 +44,7 @@ static const struct text
     t_tls_active = TEXT("554 5.5.1 TLS already active\r\n"),
     t_no_tls = TEXT("502 5.5.1 STARTTLS not available\r\n"),
     t_identity = TEXT("550 5.7.0 Client identity is set by the relay, not by commands\r\n"),
+    t_requiretls = TEXT("550 5.7.30 REQUIRETLS not available: this path is not authenticated TLS all the way\r\n"),
     t_bdat = TEXT("501 5.5.4 Syntax: BDAT size [LAST]\r\n"),
     t_bdat_size = TEXT("552 5.3.4 BDAT chunk larger than the message size limit\r\n"),
     t_no_bdat = TEXT("502 5.5.1 BDAT not supported by the mail server\r\n"),
@@ -191,6 +192,31 @@ static struct check check_session(struct smtp *s, const struct line *l)
 	if (smtp_tls_required(s))
 		return refuse_with(&t_need_tls);
 	return go;
+}
+
+/* Does a MAIL line carry the REQUIRETLS parameter (any case, any place)? */
+static bool asks_requiretls(const struct line *l)
+{
+	static const char w[] = "REQUIRETLS";
+	const size_t wl = sizeof(w) - 1;
+
+	for (size_t i = l->args; i + wl <= l->end; i++) {
+		bool start = i == l->args || smtp_space(l->p[i - 1]);
+		bool stop = i + wl == l->end || smtp_space(l->p[i + wl]);
+		if (start && stop && smtp_same(l->p + i, w, wl))
+			return true;
+	}
+	return false;
+}
+
+/* RFC 8689: REQUIRETLS only where it was offered; never dropped silently. */
+static struct check check_mail(struct smtp *s, const struct line *l)
+{
+	struct check c = check_session(s, l);
+
+	if (c.t == NULL && !c.close && !s->requiretls && asks_requiretls(l))
+		return refuse_with(&t_requiretls);
+	return c;
 }
 
 static struct check check_starttls(struct smtp *s, const struct line *l)
@@ -341,6 +367,7 @@ static const struct verb verbs[] = {
 	{ "DATA", K_DATA, check_session, proceed_wait },
 	{ "BDAT", K_BDAT, check_bdat, proceed_bdat },
 	{ "AUTH", K_AUTH, check_session, proceed_wait },
+	{ "MAIL", K_OTHER, check_mail, proceed_forward },
 	{ "XCLIENT", K_NONE, check_identity, proceed_refuse },
 	{ "XFORWARD", K_NONE, check_identity, proceed_refuse },
 	{ "", K_OTHER, check_session, proceed_forward },

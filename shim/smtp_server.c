@@ -197,11 +197,20 @@ static void emit(struct out *o, const uint8_t *code, const uint8_t *t,
  * tell the upstream who it is (the upstream trusts the shim's address). */
 static const char *const hidden[] = { "STARTTLS", "XCLIENT", "XFORWARD" };
 
+/* RFC 8689: a message that asks for REQUIRETLS may only go on over TLS
+ * whose server was authenticated, on every hop this path has. */
+static bool requiretls_ok(const struct smtp *s)
+{
+	return s->listen_tls && s->up_authenticated;
+}
+
 static bool keep(const struct smtp *s, const uint8_t *t, size_t tlen)
 {
 	for (size_t i = 0; i < sizeof(hidden) / sizeof(hidden[0]); i++)
 		if (keyword(t, tlen, hidden[i], false))
 			return false;
+	if (keyword(t, tlen, "REQUIRETLS", false) && !requiretls_ok(s))
+		return false;
 	if (smtp_tls_required(s) && (keyword(t, tlen, "AUTH", false) ||
 	    keyword(t, tlen, "AUTH=", true)))
 		return false;
@@ -226,6 +235,7 @@ static size_t rewrite(struct smtp *s, const uint8_t *p, size_t n, char *buf)
 
 	s->up_chunking = false;
 	s->up_size = 0;
+	s->requiretls = false;
 	for (size_t at = 0, end; at < n; at = end) {
 		size_t tlen;
 		const uint8_t *t;
@@ -233,8 +243,11 @@ static size_t rewrite(struct smtp *s, const uint8_t *p, size_t n, char *buf)
 		t = line_text(p + at, end - at, &tlen);
 		if (at > 0)
 			note(s, t, tlen);
-		if (at == 0 || keep(s, t, tlen))
+		if (at == 0 || keep(s, t, tlen)) {
 			emit(&o, p, t, tlen);
+			if (at > 0 && keyword(t, tlen, "REQUIRETLS", false))
+				s->requiretls = true;
+		}
 	}
 	if (smtp_tls_offered(s))
 		emit(&o, p, starttls, sizeof(starttls) - 1);
@@ -338,4 +351,9 @@ struct smtp_result smtp_server(struct smtp *s, const uint8_t *p, size_t len,
 	if (len == 0)
 		return smtp_verdict(SMTP_MORE, 0);
 	return replies(s, p, len, scratch);
+}
+
+void smtp_upstream_authenticated(struct smtp *s)
+{
+	s->up_authenticated = true;
 }

@@ -1884,8 +1884,55 @@ static void test_xclient_line(void)
 	CHECK(strstr(out, "HELO=a+09b+0Bc+0Cd+20e\r\n") != NULL);
 }
 
+
+/* REQUIRETLS (RFC 8689): offered only over authenticated TLS on both
+ * hops, and a MAIL asking for it elsewhere is refused, never forwarded. */
+static void requiretls_case(bool listen_tls, bool up_auth, bool offered)
+{
+	static const char ehlo_up[] = "250-mx\r\n250-REQUIRETLS\r\n250 SIZE 100\r\n";
+	static const char mail[] = "MAIL FROM:<a@b> SIZE=10 requiretls\r\n";
+	static char scratch[SMTP_EHLO_MAX + 64];
+	struct smtp s;
+	struct smtp_result r;
+
+	smtp_init(&s, listen_tls ? SMTP_LISTEN_IMPLICIT : SMTP_LISTEN_PLAIN, true, false);
+	if (up_auth)
+		smtp_upstream_authenticated(&s);
+	r = smtp_server(&s, (const uint8_t *)"220 mx\r\n", 8, scratch);
+	CHECK_EQ(r.v, SMTP_PASS);
+	r = smtp_client(&s, (const uint8_t *)"EHLO c\r\n", 8);
+	CHECK_EQ(r.v, SMTP_PASS);
+	r = smtp_server(&s, (const uint8_t *)ehlo_up, sizeof(ehlo_up) - 1, scratch);
+	CHECK_EQ(r.v, SMTP_REPLY);
+	CHECK_EQ(r.reply && memmem(r.reply, r.reply_len, "REQUIRETLS", 10) != NULL, offered);
+	CHECK(r.reply && memmem(r.reply, r.reply_len, "SIZE 100", 8) != NULL);
+	r = smtp_client(&s, (const uint8_t *)mail, sizeof(mail) - 1);
+	if (offered) {
+		CHECK_EQ(r.v, SMTP_PASS);
+		CHECK_EQ(r.n, sizeof(mail) - 1);
+	} else {
+		CHECK_EQ(r.v, SMTP_REPLY);
+		CHECK(r.reply && strncmp(r.reply, "550 5.7.30 ", 11) == 0);
+	}
+	/* The word as an address, or inside another word, asks nothing. */
+	if (!offered) {
+		static const char other[] = "MAIL FROM:<requiretls@b> XREQUIRETLS\r\n";
+		r = smtp_client(&s, (const uint8_t *)other, sizeof(other) - 1);
+		CHECK_EQ(r.v, SMTP_PASS);
+	}
+}
+
+static void test_requiretls(void)
+{
+	requiretls_case(true, true, true);
+	requiretls_case(false, true, false);
+	requiretls_case(true, false, false);
+	requiretls_case(false, false, false);
+}
+
 int main(void)
 {
+	test_requiretls();
 	test_ehlo_modes();
 	test_ehlo_shapes();
 	test_starttls_flow();
