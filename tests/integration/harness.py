@@ -473,7 +473,11 @@ class Shim:
     def log_lines(self):
         """Per-connection log lines as dicts, in order."""
         out = []
-        for line in self.stderr_text().splitlines():
+        text = self.stderr_text()
+        # A line still being written is not a line yet.
+        if not text.endswith("\n"):
+            text = text[:text.rfind("\n") + 1]
+        for line in text.splitlines():
             if "conn=" in line and "result=" in line:
                 d = parse_kv(line)
                 d["_line"] = line
