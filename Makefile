@@ -32,11 +32,11 @@ endif
 
 # Modules with no I/O: unit-tested and fuzzed alone.
 PURE     := buf config smtp_client smtp_server smtp_setup proxy reason dane \
-            http metrics
+            http metrics route
 # The rest: sockets, TLS, events.
 IO       := main listener conn endpoint relay tls verify log dns upname uplookup \
             metricsd \
-            handshake proxyin upsetup
+            handshake proxyin upsetup mxsess
 OBJS     := $(addprefix $(B)/,$(addsuffix .o,$(PURE) $(IO)))
 EV_O     := $(B)/ev.o
 # The DNS module's test driver (tests/dnstest/, run by test_dns.py).

@@ -88,6 +88,10 @@ static void upstream_text(struct svc_rt *rt)
 {
 	const struct service *s = rt->svc;
 
+	if (s->upstream_mx) {
+		snprintf(rt->up_text, sizeof(rt->up_text), "mx");
+		return;
+	}
 	snprintf(rt->up_text, sizeof(rt->up_text), strchr(s->upstream_host, ':') ?
 	    "[%s]:%s" : "%s:%s", s->upstream_host, s->upstream_port);
 }
@@ -111,8 +115,10 @@ static int worker_dns(struct worker *w, struct generation *g)
 
 	for (i = 0; i < g->nsvcs; i++) {
 		const struct service *s = g->svcs[i].svc;
-		dane |= dane_level(s) && s->upstream_tls != MODE_PLAIN;
-		names |= !dane_level(s);
+		/* The outbound relay validates every MX lookup, whatever the
+		 * level: a bogus answer defers, an insecure one rules DANE out. */
+		dane |= (dane_level(s) && s->upstream_tls != MODE_PLAIN) || s->upstream_mx;
+		names |= !dane_level(s) && !s->upstream_mx;
 	}
 	if (dane && (w->dns = dns_new(w->loop, g->cfg, err, sizeof(err))) == NULL) {
 		log_msg(LEVEL_ERROR, "DNS: %s", err);
@@ -126,6 +132,8 @@ static int worker_dns(struct worker *w, struct generation *g)
 		struct svc_rt *sv = &g->svcs[i];
 		const struct service *s = sv->svc;
 
+		if (s->upstream_mx)
+			continue;
 		if ((sv->name = calloc(1, sizeof(*sv->name))) == NULL ||
 		    upname_init(sv->name, w->loop, dane_level(s) ? w->dns : w->dns_plain,
 		    s->upstream_host, (uint16_t)atoi(s->upstream_port)) < 0) {
