@@ -1,0 +1,283 @@
+"""The outbound relay (upstream = mx): mailshim takes mail from a sending
+MTA that speaks only plaintext and delivers each transaction to the MX
+hosts of its recipients' domain, over STARTTLS, under DANE (RFC 7672).
+
+The scene: a DNSSEC-signed test zone on loopback (nsd, dnszone.py) with
+several test domains whose MX hosts are real SMTP servers (aiosmtpd in
+starttls mode, requiring TLS before MAIL), each on its own loopback
+address and all on the one port that upstream_port names."""
+
+import hashlib
+import smtplib
+import time
+
+import pytest
+
+from dnszone import DnsServer, Zone, tlsa
+from harness import make_message, postfix_main_add, wait_until
+from test_dane import Pki
+
+# The MX host names the test CA's leaf certificate carries (DANE-TA and
+# the CA check of insecure domains).
+TA_NAMES = ["mx.ta.test", "mx1.down.test", "mx2.down.test", "mx.plain.test",
+            "mx.three.test"]
+
+
+def zones(p, port, fixed=False):
+    ee = tlsa(p.ee[0], 3, 1, 1)
+    ta = tlsa(p.ca, 2, 0, 1)
+    bad = ee if fixed else tlsa(p.other[0], 3, 1, 1)
+    return [
+        Zone("test.", []),
+        Zone("ee.test.", ["@ MX 10 mx", "mx A 127.0.0.11", "_%d._tcp.mx TLSA %s" % (port, ee),
+                          "bogus MX 10 mx.ee.test."]),
+        Zone("ta.test.", ["@ MX 10 mx", "mx A 127.0.0.12", "_%d._tcp.mx TLSA %s" % (port, ta)]),
+        Zone("down.test.", ["@ MX 10 mx1", "@ MX 20 mx2", "mx1 A 127.0.0.13",
+                            "mx2 A 127.0.0.14", "_%d._tcp.mx1 TLSA %s" % (port, ta),
+                            "_%d._tcp.mx2 TLSA %s" % (port, ta)]),
+        Zone("bad.test.", ["@ MX 10 mx", "mx A 127.0.0.15",
+                           "_%d._tcp.mx TLSA %s" % (port, bad)], ttl=1),
+        Zone("null.test.", ["@ MX 0 ."]),
+        Zone("three.test.", ["@ MX 10 mx", "mx A 127.0.0.17",
+                             "_%d._tcp.mx TLSA %s" % (port, ta)]),
+        Zone("plain.test.", ["@ MX 10 mx", "mx A 127.0.0.16"], signed=False),
+    ]
+
+
+BOGUS = ["bogus.ee.test./MX"]
+
+
+class Scene:
+    pass
+
+
+@pytest.fixture
+def scene(procs, ports, workdir, aiosmtpd, make_shim):
+    sc = Scene()
+    sc.p = p = Pki(workdir / "mx-pki", TA_NAMES)
+    sc.port = port = ports.get()
+    rx = {}
+    for name, addr, cert in (("ee", "127.0.0.11", p.ee), ("ta", "127.0.0.12", p.ta),
+                             ("down2", "127.0.0.14", p.ta), ("bad", "127.0.0.15", p.ee),
+                             ("plain", "127.0.0.16", p.ta), ("three", "127.0.0.17", p.ta)):
+        rx[name] = aiosmtpd("starttls", port=port, cert=cert[0], key=cert[1], host=addr)
+    sc.rx = rx
+    sc.dns = DnsServer(procs, ports, workdir, zones(p, port), bogus=BOGUS)
+    sc.listen, sc.denied = ports.get(), ports.get()
+    conf = "\n".join([
+        "[global]", "workers = 1", "helo_name = shim.test",
+        "dns_resolver = 127.0.0.1@%d" % sc.dns.port,
+        "dnssec_trust_anchor = %s" % sc.dns.trust_anchor_path, "timeout_dns = 5s", "",
+        "[relay]", "listen = 127.0.0.1:%d" % sc.listen, "upstream = mx",
+        "upstream_port = %d" % port, "relay_from = 127.0.0.0/8", "upstream_ca = %s" % p.ca,
+        "timeout_connect = 3s", "",
+        "[closed]", "listen = 127.0.0.1:%d" % sc.denied, "upstream = mx",
+        "upstream_port = %d" % port, "relay_from = 192.0.2.0/24", "upstream_ca = %s" % p.ca,
+        ""])
+    sc.shim = make_shim(conf)
+    return sc
+
+
+def body_of(msg):
+    return msg[msg.index(b"\r\n\r\n") + 4:]
+
+
+def body_hash(msg):
+    return hashlib.sha256(body_of(msg)).hexdigest()
+
+
+def tx_line(shim, rcpts_domain):
+    return shim.wait_log(lambda d: d.get("service") == "relay" and
+                         d.get("mx", "").endswith(rcpts_domain))[0]
+
+
+def test_never_an_open_relay(scene):
+    # A client outside relay_from is refused at the greeting.
+    with pytest.raises(smtplib.SMTPConnectError) as e:
+        smtplib.SMTP("127.0.0.1", scene.denied, local_hostname="client.test", timeout=10)
+    assert e.value.smtp_code == 554 and b"5.7.1" in e.value.smtp_error
+    line = scene.shim.wait_log(lambda d: d.get("service") == "closed")[0]
+    assert line["result"] == "refused" and "relay_from" in line["reason"]
+
+
+def test_ehlo_offers_only_what_every_mx_can_be_held_to(scene):
+    with smtplib.SMTP("127.0.0.1", scene.listen, local_hostname="client.test",
+                      timeout=10) as c:
+        code, text = c.ehlo()
+        assert code == 250
+        feats = text.decode().upper().splitlines()[1:]
+        assert "LIMITS RCPTDOMAINMAX=1" in feats
+        for want in ("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8"):
+            assert want in feats
+        assert not any(f.startswith(("AUTH", "CHUNKING", "STARTTLS")) for f in feats)
+        assert c.docmd("AUTH", "PLAIN AGFhAGI=")[0] == 502
+        # RCPT before MAIL, DATA with no recipient
+        assert c.docmd("RCPT", "TO:<a@ee.test>")[0] == 503
+        assert c.mail("s@client.test")[0] == 250
+        assert c.docmd("DATA")[0] == 554
+        # an unknown MAIL parameter is refused, not dropped
+        c.rset()
+        assert c.docmd("MAIL", "FROM:<s@client.test> RET=FULL")[0] == 555
+
+
+def send(port, rcpts, test_id, size=500, sender="sender@client.test"):
+    _, msg = make_message(size, test_id=test_id)
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=30) as c:
+        c.ehlo()
+        c.mail(sender)
+        replies = [c.rcpt(r) for r in rcpts]
+        if any(code == 250 for code, _ in replies):
+            code, text = c.data(msg)
+            replies.append((code, text))
+    return replies, msg
+
+
+def test_domains_by_policy(scene):
+    sc = scene
+    problems = []
+    # domain -> (receiver, want upstream_auth)
+    good = {"ee.test": ("ee", "dane-ee"), "ta.test": ("ta", "dane-ta"),
+            "down.test": ("down2", "dane-ta"), "plain.test": ("plain", "ca")}
+    for dom, (rx, auth) in good.items():
+        tid = "mx-" + dom.replace(".", "-")
+        replies, msg = send(sc.listen, ["rcpt@" + dom], tid)
+        if [c for c, _ in replies] != [250, 250]:
+            problems.append("%s: %r" % (dom, replies))
+            continue
+        got, meta = sc.rx[rx].wait_message(tid)
+        if body_hash(got) != body_hash(msg) or not meta["tls"]:
+            problems.append("%s: altered or not over TLS: %r" % (dom, meta))
+        line = sc.shim.wait_log(lambda d, dom=dom: d.get("service") == "relay" and
+                                d.get("mx", "").endswith(dom) and d.get("result") == "ok")[0]
+        if line.get("upstream_auth") != auth or line.get("rcpts") != "1":
+            problems.append("%s: log %s" % (dom, line["_line"]))
+    assert not problems, "\n".join(problems)
+    # The first MX of down.test is down: the log says the second took it.
+    assert sc.shim.wait_log(lambda d: d.get("mx") == "mx2.down.test")
+
+
+def test_failures_get_honest_replies(scene):
+    sc = scene
+    cases = {
+        "bad.test": (451, b"4.7.5", "tlsa-invalid"),
+        "null.test": (556, b"5.1.10", None),
+        "bogus.ee.test": (451, b"4.4.3", "dnssec-invalid"),
+    }
+    for dom, (code, status, rpt) in cases.items():
+        replies, _ = send(sc.listen, ["rcpt@" + dom], "mx-fail-" + dom.replace(".", "-"))
+        assert replies[0][0] == code and status in replies[0][1], (dom, replies)
+        if rpt:
+            line = sc.shim.wait_log(lambda d, rpt=rpt: d.get("service") == "relay" and
+                                    d.get("reason_code") == rpt)[0]
+            assert line["result"] == "refused"
+    assert sc.rx["bad"].count() == 0
+
+
+def test_one_domain_per_transaction(scene):
+    sc = scene
+    replies, msg = send(sc.listen, ["a@ee.test", "b@ta.test", "c@ee.test"], "mx-two")
+    assert [c for c, _ in replies] == [250, 452, 250, 250], replies
+    assert b"4.5.3" in replies[1][1]
+    got, meta = sc.rx["ee"].wait_message("mx-two")
+    assert sorted(meta["rcpt_tos"]) == ["a@ee.test", "c@ee.test"]
+    assert sc.rx["ta"].find("mx-two") is None
+    line = tx_line(sc.shim, "ee.test")
+    assert line["rcpts"] == "2"
+
+
+def test_smuggled_end_of_data_is_refused(scene):
+    sc = scene
+    with smtplib.SMTP("127.0.0.1", sc.listen, local_hostname="client.test", timeout=10) as c:
+        c.ehlo()
+        c.mail("s@client.test")
+        assert c.rcpt("r@ee.test")[0] == 250
+        assert c.docmd("DATA")[0] == 354
+        c.send(b"X-Test-Id: mx-smuggle\r\n\r\nhello\n.\nMAIL FROM:<x@y>\r\n.\r\n")
+        code, _ = c.getreply()
+        assert code == 554
+    time.sleep(0.5)
+    assert sc.rx["ee"].find("mx-smuggle") is None
+
+
+# --------------------------------------------------------------------------
+# A real sending MTA: a private Postfix relaying everything to mailshim
+
+
+@pytest.fixture
+def sender_pf(scene, procs, ports, pki, pubdir):
+    import os
+    from harness import PrivatePostfix
+    if os.geteuid() != 0:
+        pytest.skip("a private Postfix instance needs root")
+    pf = PrivatePostfix(procs, ports, pki.upstream, pki.upstream_key,
+                        pubdir("mailshim-mx-postfix-"))
+    postfix_main_add(pf, "relayhost = [127.0.0.1]:%d" % scene.listen,
+                     "smtp_tls_security_level = none", "queue_run_delay = 1s",
+                     "minimal_backoff_time = 2s", "maximal_backoff_time = 4s",
+                     "smtp_connection_cache_on_demand = no")
+    pf.start()
+    yield pf
+    pf.stop()
+
+
+def submit(pf, sender, rcpts, msg):
+    with smtplib.SMTP("127.0.0.1", pf.smtp_port, local_hostname="client.test",
+                      timeout=60) as c:
+        c.sendmail(sender, rcpts, msg)
+
+
+def test_postfix_through_the_relay(scene, sender_pf):
+    sc, pf = scene, sender_pf
+    msgs = {}
+    for dom, rx in (("ee.test", "ee"), ("ta.test", "ta"), ("down.test", "down2"),
+                    ("plain.test", "plain"), ("bad.test", "bad")):
+        tid, msg = make_message(2000, test_id="pf-" + dom.replace(".", "-"))
+        submit(pf, "sender@client.test", ["rcpt@" + dom], msg)
+        msgs[tid] = (msg, [rx])
+    tid, msg = make_message(3000, test_id="pf-three")
+    submit(pf, "sender@client.test", ["a@ee.test", "b@ta.test", "c@three.test"], msg)
+    msgs[tid] = (msg, ["ee", "ta", "three"])
+    tid, big = make_message(20 << 20, kind="mixed", test_id="pf-big")
+    submit(pf, "sender@client.test", ["big@ta.test"], big)
+    msgs[tid] = (big, ["ta"])
+    # The null MX domain bounces; the bounce goes to the sender at ee.test.
+    tid, msg = make_message(200, test_id="pf-null")
+    submit(pf, "sender@ee.test", ["rcpt@null.test"], msg)
+
+    # bad.test is deferred (TLSA mismatch on every MX) until its record is
+    # fixed; then the sending queue's retry delivers it.
+    line = sc.shim.wait_log(lambda d: d.get("reason_code") == "tlsa-invalid", timeout=30)[0]
+    assert line["result"] == "refused"
+    assert sc.rx["bad"].count() == 0
+    sc.dns.restart(zones(sc.p, sc.port, fixed=True), bogus=BOGUS)
+
+    problems = []
+    for tid, (msg, rxs) in msgs.items():
+        for rx in rxs:
+            try:
+                got, meta = sc.rx[rx].wait_message(tid, timeout=60)
+            except Exception as e:
+                problems.append("%s at %s: %s" % (tid, rx, e))
+                continue
+            if body_hash(got) != body_hash(msg):
+                problems.append("%s at %s: body altered" % (tid, rx))
+            if not meta["tls"]:
+                problems.append("%s at %s: not over TLS" % (tid, rx))
+
+    def bounced():
+        for i in sc.rx["ee"].ids():
+            if i.startswith("msg"):
+                got, meta = sc.rx["ee"].find(i)
+                if b"null.test" in got and meta["mail_from"] == "":
+                    return got
+        return None
+    try:
+        wait_until(bounced, 30, "the bounce for null.test")
+    except Exception as e:
+        problems.append(str(e))
+    time.sleep(2)
+    for name, r in sc.rx.items():
+        dups = [i for i in r.ids() if ".dup" in i]
+        if dups:
+            problems.append("%s received twice: %r" % (name, dups))
+    assert not problems, "\n".join(problems) + "\n" + "\n".join(pf.maillog().splitlines()[-30:])
