@@ -91,6 +91,21 @@ def tx_line(shim, rcpts_domain):
                          d.get("mx", "").endswith(rcpts_domain))[0]
 
 
+def test_check_refuses_an_open_relay(workdir, mailshim_path):
+    import subprocess
+    d = workdir / "open"
+    d.mkdir()
+    (d / "a.conf").write_text("[r]\nlisten = 127.0.0.1:20001\nupstream = mx\n")
+    r = subprocess.run([mailshim_path, "-t", "-c", str(d)], capture_output=True, text=True,
+                       timeout=10)
+    assert r.returncode == 1 and "upstream = mx needs relay_from" in r.stderr, r.stderr
+    (d / "a.conf").write_text("[r]\nlisten = 127.0.0.1:20001\nupstream = mx\n"
+                              "relay_from = 127.0.0.0/8\nupstream_tls = plain\n")
+    r = subprocess.run([mailshim_path, "-t", "-c", str(d)], capture_output=True, text=True,
+                       timeout=10)
+    assert r.returncode == 1 and "upstream_tls = plain is refused" in r.stderr, r.stderr
+
+
 def test_never_an_open_relay(scene):
     # A client outside relay_from is refused at the greeting.
     with pytest.raises(smtplib.SMTPConnectError) as e:
