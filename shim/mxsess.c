@@ -195,7 +195,8 @@ static void up_close(struct mxsess *s, bool quit)
 	/* Body bytes not yet out have nowhere to go. */
 	if (s->cin.b != NULL && s->cin.b->fwd > 0)
 		buf_written(s->cin.b, s->cin.b->fwd);
-	verify_session_free(&s->verify);
+	/* The verify session (TLSA records) belongs to the host, not to one
+	 * of its addresses: it lives until the next host's lookup. */
 	s->tls_up = false;
 	up_enter(s, U_NONE);
 }
@@ -356,6 +357,7 @@ static int addrs_done(struct mxsess *s)
 
 	if (s->naddr == 0)
 		return host_fail(s, R_UP_RESOLVE, "no address records");
+	verify_session_free(&s->verify);
 	verify_session_init(&s->verify, svc);
 	s->verify.name = s->host;
 	s->iaddr = 0;
@@ -855,10 +857,11 @@ static int cmd_mail(struct mxsess *s, const char *line, size_t len, const char *
 	return say(s, "250 2.1.0 Ok\r\n");
 }
 
+/* The last reply (if it fits) and a clean close; never fails. */
 static int close_after(struct mxsess *s, const char *r)
 {
-	if (r != NULL && say(s, r) < 0)
-		return -1;
+	if (r != NULL)
+		(void)say(s, r);
 	s->cl_state = CL_CLOSING;
 	set_timer(s, s->svc->svc->timeout_handshake_ms);
 	return 1;
@@ -1003,6 +1006,7 @@ static void sess_close(struct mxsess *s, enum reason why, const char *detail)
 		log_tx(s, why, detail);
 	}
 	up_close(s, false);
+	verify_session_free(&s->verify);
 	ep_close(&s->cl, w->loop);
 	pump_free(&s->cin);
 	pump_free(&s->cout);
@@ -1036,8 +1040,7 @@ static int greet(struct mxsess *s)
 	if (!config_cidrs_match(&s->svc->svc->relay_from, &s->peer.sa)) {
 		n = snprintf(out, sizeof(out), "554 5.7.1 %s relaying denied\r\n", name);
 		log_tx(s, R_RELAY_DENIED, NULL);
-		if (reply(s, out, (size_t)n) < 0)
-			return -1;
+		(void)reply(s, out, (size_t)n);
 		return close_after(s, NULL);
 	}
 	n = snprintf(out, sizeof(out), "220 %s ESMTP mailshim\r\n", name);
@@ -1061,8 +1064,13 @@ static int client_hs(struct mxsess *s)
 	s->cl_state = CL_READY;
 	/* What the client said before TLS is forgotten (RFC 3207 4.2). */
 	s->helo = false;
-	if (!s->greeted)
-		return greet(s);
+	if (!s->greeted) {
+		if (greet(s) < 0) {
+			sess_close(s, R_NO_MEMORY, NULL);
+			return GONE;
+		}
+		return 1;
+	}
 	set_timer(s, s->svc->svc->timeout_idle_ms);
 	return 1;
 }

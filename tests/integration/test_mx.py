@@ -38,6 +38,9 @@ def zones(p, port, fixed=False):
         Zone("bad.test.", ["@ MX 10 mx", "mx A 127.0.0.15",
                            "_%d._tcp.mx TLSA %s" % (port, bad)], ttl=1),
         Zone("null.test.", ["@ MX 0 ."]),
+        # One host, two addresses: the first down, the second failing DANE.
+        Zone("two.test.", ["@ MX 10 mx", "mx A 127.0.0.13", "mx A 127.0.0.15",
+                           "_%d._tcp.mx TLSA %s" % (port, tlsa(p.other[0], 3, 1, 1))]),
         Zone("three.test.", ["@ MX 10 mx", "mx A 127.0.0.17",
                              "_%d._tcp.mx TLSA %s" % (port, ta)]),
         Zone("plain.test.", ["@ MX 10 mx", "mx A 127.0.0.16"], signed=False),
@@ -185,6 +188,13 @@ def test_failures_get_honest_replies(scene):
             line = sc.shim.wait_log(lambda d, rpt=rpt: d.get("service") == "relay" and
                                     d.get("reason_code") == rpt)[0]
             assert line["result"] == "refused"
+    assert sc.rx["bad"].count() == 0
+    # The TLSA records hold for every address of the host: the one tried
+    # after a failed connect is checked as strictly as the first (the
+    # resolver may rotate the order, hence a few tries).
+    for i in range(4):
+        replies, _ = send(sc.listen, ["rcpt@two.test"], "mx-two-addr-%d" % i)
+        assert replies[0][0] == 451 and b"4.7.5" in replies[0][1], replies
     assert sc.rx["bad"].count() == 0
 
 
