@@ -43,6 +43,7 @@ def zones(p, port, fixed=False):
                            "_%d._tcp.mx TLSA %s" % (port, tlsa(p.other[0], 3, 1, 1))]),
         Zone("three.test.", ["@ MX 10 mx", "mx A 127.0.0.17",
                              "_%d._tcp.mx TLSA %s" % (port, ta)]),
+        Zone("notls.test.", ["@ MX 10 mx", "mx A 127.0.0.18"]),
         Zone("plain.test.", ["@ MX 10 mx", "mx A 127.0.0.16"], signed=False),
     ]
 
@@ -64,9 +65,13 @@ def scene(procs, ports, workdir, aiosmtpd, make_shim):
                              ("down2", "127.0.0.14", p.ta), ("bad", "127.0.0.15", p.ee),
                              ("plain", "127.0.0.16", p.ta), ("three", "127.0.0.17", p.ta)):
         rx[name] = aiosmtpd("starttls", port=port, cert=cert[0], key=cert[1], host=addr)
+    # An MX that offers no STARTTLS: it must never get a message.
+    rx["notls"] = aiosmtpd("plain", port=port, host="127.0.0.18")
     sc.rx = rx
     sc.dns = DnsServer(procs, ports, workdir, zones(p, port), bogus=BOGUS)
     sc.listen, sc.denied = ports.get(), ports.get()
+    sc.levels = {lvl: ports.get() for lvl in ("dane-only", "verify", "encrypt")}
+    sc.tls = ports.get()
     conf = "\n".join([
         "[global]", "workers = 1", "helo_name = shim.test",
         "dns_resolver = 127.0.0.1@%d" % sc.dns.port,
@@ -76,7 +81,17 @@ def scene(procs, ports, workdir, aiosmtpd, make_shim):
         "timeout_connect = 3s", "",
         "[closed]", "listen = 127.0.0.1:%d" % sc.denied, "upstream = mx",
         "upstream_port = %d" % port, "relay_from = 192.0.2.0/24", "upstream_ca = %s" % p.ca,
+        "",
+        "[tls]", "listen = 127.0.0.1:%d" % sc.tls, "listen_tls = starttls",
+        "listen_cert = %s" % p.ta[0], "listen_key = %s" % p.ta[1], "upstream = mx",
+        "upstream_port = %d" % port, "relay_from = 127.0.0.0/8", "upstream_ca = %s" % p.ca,
         ""])
+    for lvl, lport in sc.levels.items():
+        conf += "\n".join([
+            "[%s]" % lvl, "listen = 127.0.0.1:%d" % lport, "upstream = mx",
+            "upstream_port = %d" % port, "relay_from = 127.0.0.0/8",
+            "upstream_verify = %s" % lvl] +
+            (["upstream_ca = %s" % p.ca] if lvl != "encrypt" else []) + ["", ""])
     sc.shim = make_shim(conf)
     return sc
 
@@ -136,6 +151,63 @@ def test_ehlo_offers_only_what_every_mx_can_be_held_to(scene):
         # an unknown MAIL parameter is refused, not dropped
         c.rset()
         assert c.docmd("MAIL", "FROM:<s@client.test> RET=FULL")[0] == 555
+
+
+def test_tls_listener_offers_starttls_and_never_auth(scene):
+    with smtplib.SMTP("127.0.0.1", scene.tls, local_hostname="client.test",
+                      timeout=10) as c:
+        c.ehlo()
+        assert c.has_extn("starttls") and not c.has_extn("auth")
+        # Outside listen_plain_from: nothing before TLS.
+        assert c.docmd("MAIL", "FROM:<s@client.test>")[0] == 530
+        c.starttls()
+        c.ehlo()
+        assert not c.has_extn("starttls") and not c.has_extn("auth")
+        assert c.has_extn("limits")
+        c.mail("s@client.test")
+        assert c.rcpt("r@ee.test")[0] == 250
+        _, msg = make_message(300, test_id="mx-tls-listener")
+        assert c.data(msg)[0] == 250
+    got, meta = scene.rx["ee"].wait_message("mx-tls-listener")
+    assert body_hash(got) == body_hash(msg)
+    line = scene.shim.wait_log(lambda d: d.get("service") == "tls" and
+                               d.get("result") == "ok")[0]
+    assert line["listen_tls"].startswith("TLSv1") and line["upstream_auth"] == "dane-ee"
+
+
+def test_policy_levels(scene):
+    """What each upstream_verify level accepts, per MX host."""
+    sc = scene
+    want = {
+        # level: [(domain, reply code, status, upstream_auth or reason_code)]
+        "dane-only": [("ee.test", 250, None, "dane-ee"),
+                      ("plain.test", 451, b"4.7.5", "dane-required")],
+        # verify: the CA and the MX host name, DANE records or not
+        "verify": [("ta.test", 250, None, "ca"),
+                   ("ee.test", 451, b"4.7.5", "certificate-not-trusted")],
+        # encrypt: TLS, no authentication (the TLSA mismatch is not looked at)
+        "encrypt": [("bad.test", 250, None, "encrypt")],
+    }
+    for lvl, cases in want.items():
+        for dom, code, status, what in cases:
+            tid = "mx-%s-%s" % (lvl, dom.replace(".", "-"))
+            replies, _ = send(sc.levels[lvl], ["r@" + dom], tid)
+            assert replies[0][0] == code, (lvl, dom, replies)
+            if status:
+                assert status in replies[0][1], (lvl, dom, replies)
+            line = sc.shim.wait_log(lambda d, lvl=lvl, tid=tid: d.get("service") == lvl and
+                                    (d.get("upstream_auth") == what or
+                                     d.get("reason_code") == what))[0]
+            assert line["result"] == ("ok" if code == 250 else "refused"), line["_line"]
+
+
+def test_an_mx_without_starttls_never_gets_mail(scene):
+    replies, _ = send(scene.listen, ["r@notls.test"], "mx-notls")
+    assert replies[0][0] == 451 and b"4.7.4" in replies[0][1], replies
+    line = scene.shim.wait_log(lambda d: d.get("reason_code") == "starttls-not-supported")[0]
+    assert line["result"] == "refused" and line["mx"] == "mx.notls.test"
+    time.sleep(0.3)
+    assert scene.rx["notls"].count() == 0
 
 
 def send(port, rcpts, test_id, size=500, sender="sender@client.test"):
