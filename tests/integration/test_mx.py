@@ -44,6 +44,9 @@ def zones(p, port, fixed=False):
         Zone("three.test.", ["@ MX 10 mx", "mx A 127.0.0.17",
                              "_%d._tcp.mx TLSA %s" % (port, ta)]),
         Zone("notls.test.", ["@ MX 10 mx", "mx A 127.0.0.18"]),
+        Zone("gone.test.", ["@ MX 10 mx1", "@ MX 10 mx2", "mx1 A 127.0.0.19",
+                            "mx2 A 127.0.0.13"]),
+        Zone("busy.test.", ["@ MX 10 mx", "mx A 127.0.0.20"]),
         Zone("plain.test.", ["@ MX 10 mx", "mx A 127.0.0.16"], signed=False),
     ]
 
@@ -246,9 +249,46 @@ def test_domains_by_policy(scene):
     assert sc.shim.wait_log(lambda d: d.get("mx") == "mx2.down.test")
 
 
+class Refuser:
+    """An MX that greets with 554 and closes (RFC 5321 3.1)."""
+
+    def __init__(self, host, port):
+        import socket
+        import threading
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.stop = False
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        while not self.stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            c.sendall(b"554 5.3.2 not now\r\n")
+            c.close()
+
+    def close(self):
+        self.stop = True
+        self.t.join(2)
+        self.sock.close()
+
+
 def test_failures_get_honest_replies(scene):
     sc = scene
+    busy = Refuser("127.0.0.20", sc.port)
+    try:
+        replies, _ = send(sc.listen, ["rcpt@busy.test"], "mx-busy")
+    finally:
+        busy.close()
+    assert replies[0][0] == 451 and b"4.4.0" in replies[0][1], replies
     cases = {
+        "gone.test": (451, b"4.4.1", None),
         "bad.test": (451, b"4.7.5", "tlsa-invalid"),
         "null.test": (556, b"5.1.10", None),
         "bogus.ee.test": (451, b"4.4.3", "dnssec-invalid"),
