@@ -77,7 +77,7 @@ $(DNSPROBE): tests/dnstest/dnsprobe.c $(B)/dns.o $(B)/config.o $(B)/log.o $(EV_O
 
 # libFuzzer targets: the pure modules built with clang's fuzzer runtime.
 FUZZ_TIME ?= 60
-FUZZERS  := config proxy smtp dane http
+FUZZERS  := config proxy smtp dane http route
 FZ       := build/fuzz
 PURE_SRC := $(addprefix shim/,$(addsuffix .c,$(PURE)))
 $(FZ)/fuzz_%: tests/fuzz/fuzz_%.c $(PURE_SRC) $(wildcard shim/*.h)
