@@ -340,8 +340,7 @@ def test_smuggled_end_of_data_is_refused(scene):
 # A real sending MTA: a private Postfix relaying everything to mailshim
 
 
-@pytest.fixture
-def sender_pf(scene, procs, ports, pki, pubdir):
+def start_sender(scene, procs, ports, pki, pubdir, *extra):
     import os
     from harness import PrivatePostfix
     if os.geteuid() != 0:
@@ -351,10 +350,33 @@ def sender_pf(scene, procs, ports, pki, pubdir):
     postfix_main_add(pf, "relayhost = [127.0.0.1]:%d" % scene.listen,
                      "smtp_tls_security_level = none", "queue_run_delay = 1s",
                      "minimal_backoff_time = 2s", "maximal_backoff_time = 4s",
-                     "smtp_connection_cache_on_demand = no")
-    pf.start()
+                     "smtp_connection_cache_on_demand = no", *extra)
+    return pf.start()
+
+
+@pytest.fixture
+def sender_pf(scene, procs, ports, pki, pubdir):
+    pf = start_sender(scene, procs, ports, pki, pubdir)
     yield pf
     pf.stop()
+
+
+def test_postfix_with_one_recipient_per_delivery_never_waits(scene, procs, ports, pki,
+                                                               pubdir):
+    """The README's sending-side setting: no recipient meets a 452."""
+    pf = start_sender(scene, procs, ports, pki, pubdir, "smtp_destination_recipient_limit = 1")
+    try:
+        tid, msg = make_message(1000, test_id="pf-limit")
+        submit(pf, "sender@client.test", ["a@ee.test", "b@ta.test", "c@three.test",
+                                          "d@ee.test"], msg)
+        for rx in ("ee", "ta", "three"):
+            got, _ = scene.rx[rx].wait_message(tid, timeout=30)
+            assert body_hash(got) == body_hash(msg)
+        wait_until(lambda: len([i for i in scene.rx["ee"].ids() if i.startswith(tid)]) == 2,
+                   30, "both ee.test recipients")
+        assert "4.5.3" not in pf.maillog(), pf.maillog()
+    finally:
+        pf.stop()
 
 
 def submit(pf, sender, rcpts, msg):
