@@ -47,6 +47,8 @@ def zones(p, port, fixed=False):
         Zone("gone.test.", ["@ MX 10 mx1", "@ MX 10 mx2", "mx1 A 127.0.0.19",
                             "mx2 A 127.0.0.13"]),
         Zone("busy.test.", ["@ MX 10 mx", "mx A 127.0.0.20"]),
+        Zone("imp.test.", ["@ MX 10 mx", "mx A 127.0.0.21",
+                           "_%d._tcp.mx TLSA %s" % (port, ee)]),
         Zone("plain.test.", ["@ MX 10 mx", "mx A 127.0.0.16"], signed=False),
     ]
 
@@ -70,10 +72,13 @@ def scene(procs, ports, workdir, aiosmtpd, make_shim):
         rx[name] = aiosmtpd("starttls", port=port, cert=cert[0], key=cert[1], host=addr)
     # An MX that offers no STARTTLS: it must never get a message.
     rx["notls"] = aiosmtpd("plain", port=port, host="127.0.0.18")
+    # An MX on implicit TLS, for upstream_tls = implicit.
+    rx["imp"] = aiosmtpd("implicit", port=port, cert=p.ee[0], key=p.ee[1], host="127.0.0.21")
     sc.rx = rx
     sc.dns = DnsServer(procs, ports, workdir, zones(p, port), bogus=BOGUS)
     sc.listen, sc.denied = ports.get(), ports.get()
     sc.levels = {lvl: ports.get() for lvl in ("dane-only", "verify", "encrypt")}
+    sc.implicit = ports.get()
     sc.tls = ports.get()
     conf = "\n".join([
         "[global]", "workers = 1", "helo_name = shim.test",
@@ -88,6 +93,10 @@ def scene(procs, ports, workdir, aiosmtpd, make_shim):
         "[tls]", "listen = 127.0.0.1:%d" % sc.tls, "listen_tls = starttls",
         "listen_cert = %s" % p.ta[0], "listen_key = %s" % p.ta[1], "upstream = mx",
         "upstream_port = %d" % port, "relay_from = 127.0.0.0/8", "upstream_ca = %s" % p.ca,
+        "",
+        "[implicit]", "listen = 127.0.0.1:%d" % sc.implicit, "upstream = mx",
+        "upstream_port = %d" % port, "relay_from = 127.0.0.0/8", "upstream_tls = implicit",
+        "upstream_ca = %s" % p.ca, "",
         ""])
     for lvl, lport in sc.levels.items():
         conf += "\n".join([
@@ -202,6 +211,16 @@ def test_policy_levels(scene):
                                     (d.get("upstream_auth") == what or
                                      d.get("reason_code") == what))[0]
             assert line["result"] == ("ok" if code == 250 else "refused"), line["_line"]
+
+
+def test_implicit_tls_to_the_mx(scene):
+    replies, msg = send(scene.implicit, ["r@imp.test"], "mx-implicit")
+    assert [c for c, _ in replies] == [250, 250], replies
+    got, meta = scene.rx["imp"].wait_message("mx-implicit")
+    assert body_hash(got) == body_hash(msg) and meta["tls"]
+    line = scene.shim.wait_log(lambda d: d.get("service") == "implicit" and
+                               d.get("result") == "ok")[0]
+    assert line["upstream_auth"] == "dane-ee" and line["mx"] == "mx.imp.test"
 
 
 def test_an_mx_without_starttls_never_gets_mail(scene):
