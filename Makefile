@@ -36,7 +36,7 @@ PURE     := buf config smtp_client smtp_server smtp_setup proxy reason dane \
 # The rest: sockets, TLS, events.
 IO       := main listener conn endpoint relay tls verify log dns upname uplookup \
             metricsd \
-            handshake proxyin upsetup mxsess
+            handshake proxyin upsetup mxsess mxhop
 OBJS     := $(addprefix $(B)/,$(addsuffix .o,$(PURE) $(IO)))
 EV_O     := $(B)/ev.o
 # The DNS module's test driver (tests/dnstest/, run by test_dns.py).
