@@ -10,6 +10,18 @@ void mx_set_timer(struct mxsess *s, uint32_t ms)
 	ev_timer_start(s->w->loop, &s->timer);
 }
 
+/* Client activity pushes timeout_idle back (at most once a second: the
+ * timer heap is not touched for every read of a body). */
+static void touch(struct mxsess *s)
+{
+	ev_tstamp now = ev_now(s->w->loop);
+
+	if (now - s->touched < 1.0)
+		return;
+	s->touched = now;
+	mx_set_timer(s, s->svc->svc->timeout_idle_ms);
+}
+
 void mx_addr_text(const struct sockaddr *a, char *out, size_t len)
 {
 	char ip[INET6_ADDRSTRLEN] = "?";
@@ -311,6 +323,9 @@ static int client_parse(struct mxsess *s)
 		}
 		if (s->cin.b != NULL)
 			buf_cut(s->cin.b, len);
+		/* A command the shim answered itself is activity too. */
+		if (s->phase == PH_CMD && s->cl_state == CL_READY)
+			touch(s);
 		progress = 1;
 	}
 	return progress;
@@ -337,6 +352,8 @@ static int body_scan(struct mxsess *s)
 	}
 	s->cin.b->fwd += (uint32_t)n;
 	s->body_bytes += n;
+	if (n > 0 && r != ROUTE_BODY_END)
+		touch(s);
 	if (r == ROUTE_BODY_END) {
 		s->phase = PH_WAIT;
 		mx_set_timer(s, s->svc->svc->timeout_reply_ms);

@@ -57,7 +57,7 @@ struct mxsess {
 	struct pump cin, cout, uin, uout;   /* client in/out, upstream in/out */
 	ev_timer timer;
 	ev_idle again;
-	ev_tstamp start, tx_start;
+	ev_tstamp start, tx_start, touched;
 	const char *cl_ver, *cl_cipher, *up_ver, *up_auth;
 	unsigned ntx;                       /* transactions logged */
 	/* The transaction. */

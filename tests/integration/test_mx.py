@@ -79,6 +79,7 @@ def scene(procs, ports, workdir, aiosmtpd, make_shim):
     sc.listen, sc.denied = ports.get(), ports.get()
     sc.levels = {lvl: ports.get() for lvl in ("dane-only", "verify", "encrypt")}
     sc.implicit = ports.get()
+    sc.slow = ports.get()
     sc.tls = ports.get()
     conf = "\n".join([
         "[global]", "workers = 1", "helo_name = shim.test",
@@ -97,6 +98,9 @@ def scene(procs, ports, workdir, aiosmtpd, make_shim):
         "[implicit]", "listen = 127.0.0.1:%d" % sc.implicit, "upstream = mx",
         "upstream_port = %d" % port, "relay_from = 127.0.0.0/8", "upstream_tls = implicit",
         "upstream_ca = %s" % p.ca, "",
+        "[slow]", "listen = 127.0.0.1:%d" % sc.slow, "upstream = mx",
+        "upstream_port = %d" % port, "relay_from = 127.0.0.0/8", "upstream_ca = %s" % p.ca,
+        "timeout_idle = 2s", "",
         ""])
     for lvl, lport in sc.levels.items():
         conf += "\n".join([
@@ -211,6 +215,35 @@ def test_policy_levels(scene):
                                     (d.get("upstream_auth") == what or
                                      d.get("reason_code") == what))[0]
             assert line["result"] == ("ok" if code == 250 else "refused"), line["_line"]
+
+
+def test_timeout_idle_counts_activity_not_time(scene):
+    """A client that keeps talking (NOOPs, a body that trickles in) for
+    longer than timeout_idle is not cut off; a silent one is."""
+    _, msg = make_message(3000, test_id="mx-slow")
+    with smtplib.SMTP("127.0.0.1", scene.slow, local_hostname="client.test",
+                      timeout=20) as c:
+        c.ehlo()
+        for _ in range(4):
+            time.sleep(0.8)
+            assert c.noop()[0] == 250
+        c.mail("s@client.test")
+        assert c.rcpt("r@ee.test")[0] == 250
+        assert c.docmd("DATA")[0] == 354
+        for i in range(0, len(msg), 1000):
+            c.send(msg[i:i + 1000])
+            time.sleep(0.8)
+        c.send(b".\r\n" if msg.endswith(b"\r\n") else b"\r\n.\r\n")
+        assert c.getreply()[0] == 250
+    got, _ = scene.rx["ee"].wait_message("mx-slow")
+    assert body_hash(got) == body_hash(msg)
+    with smtplib.SMTP("127.0.0.1", scene.slow, local_hostname="client.test",
+                      timeout=20) as c:
+        c.ehlo()
+        time.sleep(3)
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            c.noop()
+            c.noop()
 
 
 def test_implicit_tls_to_the_mx(scene):
