@@ -47,6 +47,7 @@ def zones(p, port, fixed=False):
         Zone("gone.test.", ["@ MX 10 mx1", "@ MX 10 mx2", "mx1 A 127.0.0.19",
                             "mx2 A 127.0.0.13"]),
         Zone("busy.test.", ["@ MX 10 mx", "mx A 127.0.0.20"]),
+        Zone("evil.test.", ["@ MX 10 mx", "mx A 127.0.0.22"]),
         Zone("imp.test.", ["@ MX 10 mx", "mx A 127.0.0.21",
                            "_%d._tcp.mx TLSA %s" % (port, ee)]),
         Zone("plain.test.", ["@ MX 10 mx", "mx A 127.0.0.16"], signed=False),
@@ -329,6 +330,55 @@ class Refuser:
         self.stop = True
         self.t.join(2)
         self.sock.close()
+
+
+class Stripper(Refuser):
+    """An MX that offers STARTTLS and then refuses it (454) or injects a
+    reply after its 220: it records every command it reads in plaintext."""
+
+    def __init__(self, host, port, mode):
+        self.mode = mode
+        self.seen = []
+        super().__init__(host, port)
+
+    def run(self):
+        while not self.stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            c.settimeout(3)
+            f = c.makefile("rb")
+            try:
+                c.sendall(b"220 evil ESMTP\r\n")
+                for line in f:
+                    self.seen.append(line)
+                    verb = line[:4].upper()
+                    if verb == b"EHLO":
+                        c.sendall(b"250-evil\r\n250 STARTTLS\r\n")
+                    elif verb == b"STAR":
+                        c.sendall(b"454 4.7.0 not now\r\n" if self.mode == "refuse" else
+                                  b"220 go ahead\r\n250 injected\r\n")
+                    elif verb == b"QUIT":
+                        c.sendall(b"221 bye\r\n")
+                        break
+                    else:
+                        c.sendall(b"250 ok\r\n")
+            except OSError:
+                pass
+            c.close()
+
+
+@pytest.mark.parametrize("mode", ["refuse", "inject"])
+def test_no_plaintext_after_a_failed_starttls(scene, mode):
+    evil = Stripper("127.0.0.22", scene.port, mode)
+    try:
+        replies, _ = send(scene.listen, ["r@evil.test"], "mx-evil-" + mode)
+    finally:
+        evil.close()
+    assert replies[0][0] == 451 and b"4.7.4" in replies[0][1], replies
+    verbs = [l[:4].upper() for l in evil.seen]
+    assert b"STAR" in verbs and b"MAIL" not in verbs and b"RCPT" not in verbs, evil.seen
 
 
 def test_failures_get_honest_replies(scene):
