@@ -369,6 +369,26 @@ class Stripper(Refuser):
             c.close()
 
 
+def test_mx_lookup_failing_defers(scene, make_shim, ports):
+    """No resolver answers: the RCPT is deferred (451 4.4.3), and the
+    session goes on."""
+    listen = ports.get()
+    shim = make_shim("\n".join([
+        "[global]", "workers = 1", "helo_name = shim.test",
+        "dns_resolver = 127.0.0.1@%d" % ports.get(),
+        "dnssec_trust_anchor = %s" % scene.dns.trust_anchor_path, "timeout_dns = 1s", "",
+        "[nodns]", "listen = 127.0.0.1:%d" % listen, "upstream = mx",
+        "upstream_port = %d" % scene.port, "relay_from = 127.0.0.0/8", ""]))
+    with smtplib.SMTP("127.0.0.1", listen, local_hostname="client.test", timeout=30) as c:
+        c.ehlo()
+        c.mail("s@client.test")
+        code, text = c.rcpt("r@ee.test")
+        assert code == 451 and b"4.4.3" in text, (code, text)
+        assert c.noop()[0] == 250
+    line = shim.wait_log(lambda d: d.get("service") == "nodns")[0]
+    assert line["result"] in ("error", "refused") and "MX lookup" in line["reason"]
+
+
 @pytest.mark.parametrize("mode", ["refuse", "inject"])
 def test_no_plaintext_after_a_failed_starttls(scene, mode):
     evil = Stripper("127.0.0.22", scene.port, mode)
