@@ -32,10 +32,10 @@ endif
 
 # Modules with no I/O: unit-tested and fuzzed alone.
 PURE     := buf config smtp_client smtp_server smtp_setup smtp_xclient proxy reason \
-            dane http metrics tickets
+            dane http metrics tickets route
 # The rest: sockets, TLS, events.
 IO       := main listener conn endpoint relay tls verify log dns upname uplookup \
-            metricsd handshake proxyin upsetup upxclient
+            metricsd handshake proxyin upsetup upxclient mxsess mxhop
 OBJS     := $(addprefix $(B)/,$(addsuffix .o,$(PURE) $(IO)))
 EV_O     := $(B)/ev.o
 # The DNS module's test driver (tests/dnstest/, run by test_dns.py).
@@ -76,7 +76,7 @@ $(DNSPROBE): tests/dnstest/dnsprobe.c $(B)/dns.o $(B)/config.o $(B)/log.o $(EV_O
 
 # libFuzzer targets: the pure modules built with clang's fuzzer runtime.
 FUZZ_TIME ?= 60
-FUZZERS  := config proxy smtp dane http
+FUZZERS  := config proxy smtp dane http route
 FZ       := build/fuzz
 PURE_SRC := $(addprefix shim/,$(addsuffix .c,$(PURE)))
 $(FZ)/fuzz_%: tests/fuzz/fuzz_%.c $(PURE_SRC) $(wildcard shim/*.h)

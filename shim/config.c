@@ -34,7 +34,7 @@ enum kid {
 	K_UPSTREAM, K_UPSTREAM_TLS, K_UPSTREAM_VERIFY, K_UPSTREAM_NAME,
 	K_UPSTREAM_CA, K_UPSTREAM_PIN, K_UPSTREAM_CERT, K_UPSTREAM_KEY,
 	K_UPSTREAM_MIN_VERSION, K_UPSTREAM_CIPHERS, K_UPSTREAM_PROXY_PROTOCOL,
-	K_UPSTREAM_XCLIENT,
+	K_UPSTREAM_XCLIENT, K_UPSTREAM_PORT, K_RELAY_FROM,
 	K_TIMEOUT_CONNECT, K_TIMEOUT_HANDSHAKE, K_TIMEOUT_IDLE, K_TIMEOUT_REPLY,
 	K_COUNT
 };
@@ -141,6 +141,11 @@ static const struct key keys[K_COUNT] = {
 	    S(upstream_proxy_protocol), .def = "no", .words = w_proxy },
 	[K_UPSTREAM_XCLIENT] = { KEY("upstream_xclient", T_BOOL),
 	    S(upstream_xclient), .def = "no", .words = w_bool },
+
+	[K_UPSTREAM_PORT] = { KEY("upstream_port", T_UINT), S(mx_port),
+	    .def = "25", .min = 1, .max = 65535 },
+	[K_RELAY_FROM] = { KEY("relay_from", T_CIDRS), S(relay_from),
+	    .flags = F_REPEAT },
 
 	[K_TIMEOUT_CONNECT] = { KEY("timeout_connect", T_DUR),
 	    S(timeout_connect_ms), .def = "10s", .min = 1, .max = DAY_MS },
@@ -517,6 +522,16 @@ static bool set_upstream(struct ctx *c, const struct key *k, struct sect *sc,
 	size_t hn;
 	bool br;
 
+	if (strcmp(v, "mx") == 0) {
+		/* The outbound relay: hosts come from each recipient's MX. */
+		free(s->upstream);
+		free(s->upstream_host);
+		s->upstream = sdup(c, v, 2);
+		s->upstream_host = sdup(c, v, 2);
+		s->upstream_mx = true;
+		return s->upstream && s->upstream_host;
+	}
+	s->upstream_mx = false;
 	if (!split_hostport(v, &h, &hn, &br, &p) || (!br && !host_chars(h, hn)))
 		return bad(c, k, v, "expected host:port or [IPv6]:port");
 	if (br && hn < sizeof host)
@@ -762,7 +777,7 @@ static void service_fields_free(struct service *s)
 		free(s->certs[i].key);
 	}
 	free(s->name); free(s->file); free(s->listen); free(s->certs);
-	free(s->plain_from.v); free(s->proxy_from.v); free(s->listen_client_ca); free(s->listen_ciphers);
+	free(s->plain_from.v); free(s->proxy_from.v); free(s->relay_from.v); free(s->listen_client_ca); free(s->listen_ciphers);
 	free(s->upstream); free(s->upstream_host); free(s->upstream_port);
 	free(s->upstream_name); free(s->upstream_ca); free(s->pins);
 	free(s->upstream_cert); free(s->upstream_key); free(s->upstream_ciphers);
@@ -1079,9 +1094,52 @@ static void finish_listen(struct ctx *c, struct service *s, struct src *src,
 		    NAME(K_PROXY_FROM), NAME(K_PROXY_PROTOCOL));
 }
 
+/*
+ * upstream = mx: never an open relay (relay_from required), never
+ * plaintext (starttls by default, implicit allowed), DANE by default
+ * (RFC 7672 is written for MX delivery). Keys that name one upstream
+ * host make no sense when every transaction picks its own.
+ */
+static void finish_mx(struct ctx *c, struct service *s, struct src *src)
+{
+	static const enum kid one_host[] = { K_UPSTREAM_NAME, K_UPSTREAM_PIN,
+		K_UPSTREAM_PROXY_PROTOCOL, K_UPSTREAM_XCLIENT, K_PROXY_PROTOCOL };
+	char port[8];
+
+	if (!s->upstream_mx) {
+		if (src->line[K_UPSTREAM_PORT])
+			report(c, src->line[K_UPSTREAM_PORT], "%s is set but %s is not mx",
+			    NAME(K_UPSTREAM_PORT), NAME(K_UPSTREAM));
+		if (src->line[K_RELAY_FROM])
+			report(c, src->line[K_RELAY_FROM], "%s is set but %s is not mx",
+			    NAME(K_RELAY_FROM), NAME(K_UPSTREAM));
+		return;
+	}
+	if (!src->line[K_RELAY_FROM])
+		report(c, line_or_header(s, src, K_UPSTREAM), "%s = mx needs %s: the "
+		    "clients that may relay (never an open relay)", NAME(K_UPSTREAM),
+		    NAME(K_RELAY_FROM));
+	if (!src->line[K_UPSTREAM_TLS])
+		s->upstream_tls = MODE_STARTTLS;
+	else if (!src->bad[K_UPSTREAM_TLS] && s->upstream_tls == MODE_PLAIN)
+		report(c, src->line[K_UPSTREAM_TLS], "%s = plain is refused with %s = mx: "
+		    "mail to other domains goes out over TLS (starttls or implicit)",
+		    NAME(K_UPSTREAM_TLS), NAME(K_UPSTREAM));
+	if (!src->line[K_UPSTREAM_VERIFY])
+		s->upstream_verify = VERIFY_DANE;
+	for (size_t i = 0; i < sizeof one_host / sizeof one_host[0]; i++)
+		if (src->line[one_host[i]])
+			report(c, src->line[one_host[i]], "%s is not supported with %s = mx",
+			    NAME(one_host[i]), NAME(K_UPSTREAM));
+	free(s->upstream_port);
+	snprintf(port, sizeof port, "%u", (unsigned)s->mx_port);
+	s->upstream_port = sdup(c, port, strlen(port));
+}
+
 static void finish_upstream(struct ctx *c, struct service *s, struct src *src,
     int tls_min)
 {
+	finish_mx(c, s, src);
 	if (!s->upstream_name && s->upstream_host)
 		s->upstream_name = sdup(c, s->upstream_host,
 		    strlen(s->upstream_host));

@@ -68,7 +68,10 @@ struct service {
 
 	char *upstream;                /* as written: "host:port" */
 	char *upstream_host;           /* host part, brackets removed */
-	char *upstream_port;           /* port part */
+	char *upstream_port;           /* port part (upstream_port with mx) */
+	bool upstream_mx;              /* upstream = mx: the outbound relay */
+	uint32_t mx_port;              /* upstream_port: the MX hosts' port */
+	struct cidrs relay_from;       /* with mx: who may relay */
 	enum hop_mode upstream_tls;
 	enum verify_level upstream_verify;
 	char *upstream_name;           /* default: upstream_host */

@@ -15,6 +15,7 @@
 #include "handshake.h"
 #include "log.h"
 #include "metrics.h"
+#include "mxsess.h"
 #include "proxy.h"
 #include "proxyin.h"
 #include "reason.h"
@@ -1235,10 +1236,14 @@ void conn_start(struct worker *w, struct svc_rt *svc, int fd,
     const struct sockaddr *peer, socklen_t peerlen)
 {
 	const struct service *s = svc->svc;
-	struct conn *c = calloc(1, sizeof(*c));
+	struct conn *c;
 	int one = 1;
 
-	if (c == NULL) {
+	if (s->upstream_mx) {
+		mxsess_start(w, svc, fd, peer, peerlen);
+		return;
+	}
+	if ((c = calloc(1, sizeof(*c))) == NULL) {
 		log_msg(LEVEL_WARN, "out of memory: dropping a client of service %s", s->name);
 		close(fd);
 		return;
@@ -1278,6 +1283,7 @@ void conn_close_all(struct worker *w)
 {
 	while (w->live != NULL)
 		conn_close(w->live, R_SHUTDOWN, NULL);
+	mxsess_close_all(w);
 }
 
 void generation_free(struct generation *g)

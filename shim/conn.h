@@ -49,6 +49,7 @@ struct svc_rt {
 };
 
 struct conn;
+struct mxsess;
 struct listen_set;
 
 /*
@@ -76,6 +77,7 @@ struct worker {
 	uint32_t nconns;                   /* live sessions */
 	uint32_t next_id;
 	struct conn *live;                 /* every session, for shutdown */
+	struct mxsess *mx_live;            /* the outbound relay's (mxsess.c) */
 	struct conn *again;                /* sessions with work left over */
 	ev_idle again_w;
 	void (*on_conn_done)(struct worker *w);  /* listener: resume accepting */

@@ -89,6 +89,10 @@ static void upstream_text(struct svc_rt *rt)
 {
 	const struct service *s = rt->svc;
 
+	if (s->upstream_mx) {
+		snprintf(rt->up_text, sizeof(rt->up_text), "mx");
+		return;
+	}
 	snprintf(rt->up_text, sizeof(rt->up_text), strchr(s->upstream_host, ':') ?
 	    "[%s]:%s" : "%s:%s", s->upstream_host, s->upstream_port);
 }
@@ -119,9 +123,11 @@ static int worker_dns(struct worker *w, struct generation *g)
 
 	for (i = 0; i < g->nsvcs; i++) {
 		const struct service *s = g->svcs[i].svc;
-		dane |= dane_level(s) && s->upstream_tls != MODE_PLAIN;
+		/* The outbound relay validates every MX lookup, whatever the
+		 * level: a bogus answer defers, an insecure one rules DANE out. */
+		dane |= (dane_level(s) && s->upstream_tls != MODE_PLAIN) || s->upstream_mx;
 		/* A numeric upstream needs no resolver (nor its thread). */
-		names |= !dane_level(s) && !numeric_host(s->upstream_host);
+		names |= !dane_level(s) && !s->upstream_mx && !numeric_host(s->upstream_host);
 	}
 	if (dane && (w->dns = dns_new(w->loop, g->cfg, err, sizeof(err))) == NULL) {
 		log_msg(LEVEL_ERROR, "DNS: %s", err);
@@ -135,6 +141,8 @@ static int worker_dns(struct worker *w, struct generation *g)
 		struct svc_rt *sv = &g->svcs[i];
 		const struct service *s = sv->svc;
 
+		if (s->upstream_mx)
+			continue;
 		if ((sv->name = calloc(1, sizeof(*sv->name))) == NULL ||
 		    upname_init(sv->name, w->loop, dane_level(s) ? w->dns : w->dns_plain,
 		    s->upstream_host, (uint16_t)atoi(s->upstream_port)) < 0) {

@@ -121,6 +121,17 @@ static const struct row rows[R_COUNT] = {
 	ROW(R_REPLY_TIMEOUT, "reply_timeout", RES_ERROR, APPEND,
 	    "upstream reply timeout (timeout_reply)", NULL, reply_timeout),
 	ROW(R_IDLE_TIMEOUT, "idle_timeout", RES_ERROR, APPEND, "idle timeout", NULL, NULL),
+	ROW(R_RELAY_DENIED, "relay_denied", RES_REFUSED, APPEND,
+	    "client not in relay_from", NULL, NULL),
+	ROW(R_MX_LOOKUP, "mx_lookup", RES_ERROR, APPEND, "MX lookup failed", NULL, NULL),
+	ROW(R_MX_NULL, "mx_null", RES_REFUSED, APPEND,
+	    "the domain accepts no mail (null MX)", NULL, NULL),
+	ROW(R_MX_NO_DOMAIN, "mx_no_domain", RES_REFUSED, APPEND,
+	    "the recipient domain does not exist", NULL, NULL),
+	ROW(R_MX_GREETING, "mx_greeting", RES_ERROR, APPEND,
+	    "MX refused the session", NULL, NULL),
+	ROW(R_MX_UNSUPPORTED, "mx_unsupported", RES_REFUSED, APPEND,
+	    "MAIL parameter the MX does not support", NULL, NULL),
 };
 
 static const struct row *row(enum reason r)

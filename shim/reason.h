@@ -67,6 +67,13 @@ enum reason {
 	R_UP_LOST,
 	R_REPLY_TIMEOUT,
 	R_IDLE_TIMEOUT,
+	/* the outbound relay (upstream = mx) */
+	R_RELAY_DENIED,
+	R_MX_LOOKUP,
+	R_MX_NULL,
+	R_MX_NO_DOMAIN,
+	R_MX_GREETING,
+	R_MX_UNSUPPORTED,
 	R_COUNT
 };
 

@@ -610,7 +610,8 @@ SSL *tls_new_upstream(struct svc_tls *t, int fd, const char *sni)
 		SSL_free(ssl);
 		return NULL;
 	}
-	if (t->session != NULL)
+	/* An outbound relay meets many hosts: no session goes to another. */
+	if (t->session != NULL && !svc->upstream_mx)
 		SSL_set_session(ssl, t->session);
 	SSL_set_connect_state(ssl);
 	return ssl;

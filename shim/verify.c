@@ -194,7 +194,7 @@ static enum verify_fail say(struct verify_session *v, enum verify_fail f,
  * from the leaf up to it must verify, dates included, for the name. */
 static bool dane_ta(struct verify_session *v, struct chain *c, uint32_t depths)
 {
-	const char *orig = v->svc->upstream_name;
+	const char *orig = v->name ? v->name : v->svc->upstream_name;
 	const char *base = v->base ? v->base : orig;
 
 	for (size_t d = 1; d < c->n; d++) {
@@ -295,7 +295,8 @@ static enum verify_fail decide(SSL *ssl, struct verify_session *v,
 	} else {
 		X509_STORE *st = SSL_CTX_get_cert_store(SSL_get_SSL_CTX(ssl));
 
-		if (!chain_verify(c, st, svc->upstream_name, NULL, 0, &err))
+		if (!chain_verify(c, st, v->name ? v->name : svc->upstream_name, NULL, 0,
+		    &err))
 			return say(v, fail_of(err), "certificate verification "
 			    "failed: %s", X509_verify_cert_error_string(err));
 		v->auth = AUTH_CA;

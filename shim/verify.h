@@ -64,6 +64,8 @@ struct verify_session {
 	struct dane_tlsa *recs;
 	size_t nrecs;
 	char *base;                   /* TLSA base name (after CNAMEs) */
+	const char *name;             /* the name to verify (an MX host);
+	                                 NULL: upstream_name */
 	char detail[200];             /* plain words for the log */
 };
 

@@ -54,7 +54,7 @@ for ph in ${SUITE_PHASES:-$default}; do
 		phase sanitizers env MAILSHIM="$root/build/san/mailshim" \
 			PYTEST_ARGS="$san_args" sh tests/run.sh build/san/unit/test_* ;;
 	fuzz)
-		phase fuzz sh tests/fuzz/run.sh "${FUZZ_TIME:-60}" config proxy smtp dane http ;;
+		phase fuzz sh tests/fuzz/run.sh "${FUZZ_TIME:-60}" config proxy smtp dane http route ;;
 	esac
 done
 line="$passed passed, $failed failed"

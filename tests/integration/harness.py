@@ -678,11 +678,12 @@ class Aiosmtpd:
     implicit (--smtpscert) or starttls (--tlscert) mode."""
 
     def __init__(self, procs, port, directory, mode="plain", cert=None, key=None,
-                 require_tls=True, size=64 << 20):
+                 require_tls=True, size=64 << 20, host="127.0.0.1"):
         self.port = port
+        self.host = host
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
-        argv = [PYTHON, "-m", "aiosmtpd", "-n", "-l", "127.0.0.1:%d" % port,
+        argv = [PYTHON, "-m", "aiosmtpd", "-n", "-l", "%s:%d" % (host, port),
                 "-s", str(size), "-c", "sinkhandler.Sink", str(self.dir)]
         if mode == "implicit":
             argv += ["--smtpscert", cert, "--smtpskey", key]
@@ -694,7 +695,7 @@ class Aiosmtpd:
             raise ValueError(mode)
         env = {"PYTHONPATH": str(HERE), "PYTHONDONTWRITEBYTECODE": "1"}
         self.proc = procs.start("aiosmtpd-%s" % mode, argv, env=env)
-        wait_listening(self.proc, port)
+        wait_listening(self.proc, port, host=host if host != "127.0.0.1" else None)
 
     def ids(self):
         return sorted(p.stem for p in self.dir.glob("*.json"))

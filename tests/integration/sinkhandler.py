@@ -72,6 +72,10 @@ class Sink:
         data = envelope.original_content or b""
         m = _ID_RE.search(_header_block(data))
         ident = m.group(1).decode() if m else "msg-%d" % next(self.counter)
+        # A second delivery of one message is kept beside the first, so a
+        # test can see it.
+        while os.path.exists(os.path.join(self.dir, ident + ".json")):
+            ident = "%s.dup%d" % (m.group(1).decode() if m else "msg", next(self.counter))
         # Covers implicit TLS and STARTTLS alike (session.ssl is set only
         # after STARTTLS).
         transport = getattr(server, "transport", None)

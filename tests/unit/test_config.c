@@ -972,8 +972,48 @@ static void test_ignored(void)
 	config_free(cfg);
 }
 
+/* upstream = mx: never an open relay, never plaintext, DANE by default. */
+static void test_mx(void)
+{
+	struct config *cfg = parse("[r]\nlisten = 127.0.0.1:2525\nupstream = mx\n"
+	    "relay_from = 192.0.2.0/24\n");
+
+	CHECK(cfg != NULL);
+	if (cfg) {
+		const struct service *s = &cfg->services[0];
+		CHECK(s->upstream_mx);
+		CHECK_EQ(s->upstream_tls, MODE_STARTTLS);
+		CHECK_EQ(s->upstream_verify, VERIFY_DANE);
+		CHECK_EQ(s->mx_port, 25);
+		CHECK_STR(s->upstream_port, "25");
+		CHECK_EQ(s->relay_from.n, 1);
+	}
+	config_free(cfg);
+	cfg = parse("[r]\nlisten = 127.0.0.1:2525\nupstream = mx\nupstream_port = 2626\n"
+	    "relay_from = 10.0.0.0/8\nupstream_tls = implicit\nupstream_verify = encrypt\n");
+	CHECK(cfg != NULL);
+	if (cfg) {
+		CHECK_EQ(cfg->services[0].upstream_tls, MODE_IMPLICIT);
+		CHECK_EQ(cfg->services[0].upstream_verify, VERIFY_ENCRYPT);
+		CHECK_STR(cfg->services[0].upstream_port, "2626");
+	}
+	config_free(cfg);
+	expect_error("[r]\nlisten = 127.0.0.1:2525\nupstream = mx\n",
+	    "t.conf:3: upstream = mx needs relay_from");
+	expect_error("[r]\nlisten = 127.0.0.1:2525\nupstream = mx\nrelay_from = 10.0.0.0/8\n"
+	    "upstream_tls = plain\n", "t.conf:5: upstream_tls = plain is refused with upstream = mx");
+	expect_error("[r]\nlisten = 127.0.0.1:2525\nupstream = mx\nrelay_from = 10.0.0.0/8\n"
+	    "upstream_name = x.example\n", "t.conf:5: upstream_name is not supported with "
+	    "upstream = mx");
+	expect_error("[r]\nlisten = 127.0.0.1:2525\nupstream = a:25\nrelay_from = 10.0.0.0/8\n",
+	    "t.conf:4: relay_from is set but upstream is not mx");
+	expect_error("[r]\nlisten = 127.0.0.1:2525\nupstream = a:25\nupstream_port = 26\n",
+	    "t.conf:4: upstream_port is set but upstream is not mx");
+}
+
 int main(void)
 {
+	test_mx();
 	test_defaults();
 	test_all_keys();
 	test_uint();
