@@ -512,18 +512,11 @@ static int upstream_checked(struct conn *c)
 /* The certificate check's own words beat the library's. */
 static void verify_reason(const struct conn *c, struct fail *f)
 {
-	static const enum reason rows[] = {
-		[VF_NOT_TRUSTED] = R_UP_CERT_UNTRUSTED, [VF_HOST_MISMATCH] = R_UP_CERT_HOST,
-		[VF_EXPIRED] = R_UP_CERT_EXPIRED, [VF_NO_PIN] = R_UP_PIN,
-		[VF_TLSA_INVALID] = R_UP_TLSA_INVALID, [VF_DANE_REQUIRED] = R_UP_DANE_REQUIRED,
-		[VF_DNSSEC_INVALID] = R_UP_DNSSEC_INVALID, [VF_VALIDATION] = R_UP_CERT_INVALID,
-		[VF_INTERNAL] = R_UP_TLS_FAILED,
-	};
 	const struct verify_session *v = &c->verify;
 
-	if (v->fail == VF_OK || v->fail >= sizeof(rows) / sizeof(rows[0]))
+	if (v->fail == VF_OK)
 		return;
-	fail_set(f, rows[v->fail], v->detail);
+	fail_set(f, (enum reason)verify_reason_row(v), v->detail);
 	/* Under DANE every refusal is DANE's (RFC 7672 2.2: 4.7.5). */
 	if (v->tlsa == TLSA_FOUND || v->fail == VF_DANE_REQUIRED)
 		f->reply = reason_reply(R_UP_TLSA_INVALID);

@@ -374,19 +374,13 @@ static int handshake(struct mxsess *s)
 {
 	struct fail f;
 	int r = hs_step(&s->up, true, s->svc->svc->upstream_min_version, &f);
-	static const enum reason rows[] = {
-		[VF_NOT_TRUSTED] = R_UP_CERT_UNTRUSTED, [VF_HOST_MISMATCH] = R_UP_CERT_HOST,
-		[VF_EXPIRED] = R_UP_CERT_EXPIRED, [VF_NO_PIN] = R_UP_PIN,
-		[VF_TLSA_INVALID] = R_UP_TLSA_INVALID, [VF_DANE_REQUIRED] = R_UP_DANE_REQUIRED,
-		[VF_DNSSEC_INVALID] = R_UP_DNSSEC_INVALID, [VF_VALIDATION] = R_UP_CERT_INVALID,
-		[VF_INTERNAL] = R_UP_TLS_FAILED,
-	};
 
 	if (r == 0)
 		return 0;
 	if (r < 0) {
-		if (s->verify.fail != VF_OK && s->verify.fail < sizeof(rows) / sizeof(rows[0]))
-			return host_fail(s, rows[s->verify.fail], s->verify.detail);
+		if (s->verify.fail != VF_OK)
+			return host_fail(s, (enum reason)verify_reason_row(&s->verify),
+			    s->verify.detail);
 		return host_fail(s, f.why, f.detail);
 	}
 	s->up_ver = tls_version(s->up.ssl);

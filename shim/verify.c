@@ -4,6 +4,7 @@
 #endif
 
 #include "verify.h"
+#include "reason.h"
 
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -56,6 +57,20 @@ static const char *const fail_codes[] = {
 const char *verify_auth_name(enum verify_auth a)
 {
 	return (unsigned)a <= AUTH_DANE_TA ? auth_names[a] : "none";
+}
+
+int verify_reason_row(const struct verify_session *v)
+{
+	static const enum reason rows[] = {
+		[VF_OK] = R_NONE,
+		[VF_NOT_TRUSTED] = R_UP_CERT_UNTRUSTED, [VF_HOST_MISMATCH] = R_UP_CERT_HOST,
+		[VF_EXPIRED] = R_UP_CERT_EXPIRED, [VF_NO_PIN] = R_UP_PIN,
+		[VF_TLSA_INVALID] = R_UP_TLSA_INVALID, [VF_DANE_REQUIRED] = R_UP_DANE_REQUIRED,
+		[VF_DNSSEC_INVALID] = R_UP_DNSSEC_INVALID, [VF_VALIDATION] = R_UP_CERT_INVALID,
+		[VF_INTERNAL] = R_UP_TLS_FAILED,
+	};
+
+	return v->fail < sizeof(rows) / sizeof(rows[0]) ? rows[v->fail] : R_UP_TLS_FAILED;
 }
 
 const char *verify_fail_code(enum verify_fail f)

@@ -87,6 +87,10 @@ void verify_set_tlsa_state(struct verify_session *v, enum verify_tlsa state,
     const char *detail);
 
 const char *verify_auth_name(enum verify_auth a);
+
+/* The row of the reasons table (reason.h) for the session's failure, or
+ * R_NONE (0) when the check did not refuse. */
+int verify_reason_row(const struct verify_session *v);
 /* RFC 8460 result type of a failure, or NULL. */
 const char *verify_fail_code(enum verify_fail f);
 
