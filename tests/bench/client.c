@@ -22,8 +22,9 @@
  *   -s  STARTTLS: plain greeting, EHLO, STARTTLS, then the handshake and
  *       the transaction again from EHLO (instead of implicit TLS)
  *   -P  plain: no TLS at all (the upstream, reached directly)
- *   -r  offer the latest session ticket received (resumption); the result
- *       line counts resumed handshakes
+ *   -r  offer a session ticket received earlier, each one once (resumption;
+ *       a session finds none when all were used: a full handshake); the
+ *       result line counts resumed handshakes
  *   -R  pace: in sessions mode start RATE sessions per second; in bulk
  *       mode send RATE MiB per second in all (0: as fast as possible)
  *
@@ -132,7 +133,11 @@ static int ep;
 static struct sockaddr_in dst;
 static long started, ok, failed, ready, dropped, resumed, held = -1;
 static double t0;
-static SSL_SESSION *ticket;	/* the latest one received (-r) */
+/* -r: tickets received and not used yet; each is offered once (RFC 8446
+ * C.4: a client should not reuse a ticket), the newest first. */
+#define MAX_TICKETS 4096
+static SSL_SESSION *tickets[MAX_TICKETS];
+static int ntickets;
 static uint64_t body_sent;	/* bulk bytes written by all sessions */
 static struct conn **paused;	/* sessions waiting for the bulk pacer */
 static int npaused;
@@ -335,8 +340,11 @@ static void tls_begin(struct conn *c)
 		die("SSL_new");
 	SSL_set_fd(c->ssl, c->fd);
 	SSL_set_tlsext_host_name(c->ssl, "localhost");
-	if (resume && ticket)
-		SSL_set_session(c->ssl, ticket);
+	if (resume && ntickets) {
+		SSL_SESSION *t = tickets[--ntickets];
+		SSL_set_session(c->ssl, t);
+		SSL_SESSION_free(t);
+	}
 	SSL_set_connect_state(c->ssl);
 }
 
@@ -540,14 +548,14 @@ static void usage(void)
 	exit(2);
 }
 
-/* -r: keep the latest ticket the server sends (TLS 1.3 sends them after
- * the handshake; the replies read afterwards bring them in). */
+/* -r: keep the tickets the server sends (TLS 1.3 sends them after the
+ * handshake; the replies read afterwards bring them in). */
 static int on_ticket(SSL *ssl, SSL_SESSION *sess)
 {
 	(void)ssl;
-	if (ticket)
-		SSL_SESSION_free(ticket);
-	ticket = sess;
+	if (ntickets == MAX_TICKETS)
+		return 0;
+	tickets[ntickets++] = sess;
 	return 1;
 }
 
@@ -665,11 +673,11 @@ int main(int argc, char **argv)
 		/* Sessions in the handshake or dialogue count against CONC;
 		 * idle ones do not. Paced: the i-th starts at t0 + i/RATE. */
 		double t = now();
-		/* -r: the first session brings the first ticket (or shows
-		 * that none comes) before the others start. */
+		/* -r: a session starts when it has a ticket to offer, or when
+		 * none is running (the first, or a server that sends none). */
 		while (started < total && (active - (mode == M_IDLE ? ready - dropped : 0)) < conc &&
 		       (!session_pacing || t >= t0 + (double)started / rate) &&
-		       (!resume || started == 0 || ticket || ok + failed > 0))
+		       (!resume || ntickets || active == 0))
 			conn_start();
 		if (npaused && pace_ok()) {
 			int n = npaused;
