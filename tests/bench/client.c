@@ -117,6 +117,7 @@ struct conn {
 	int body_tail;		/* the final ".\r\n" is being written */
 	int paused;		/* waits for the bulk pacer (not for epoll) */
 	double t_greet;		/* when the greeting was complete */
+	SSL_SESSION *offer;	/* -r: the ticket this session will offer */
 };
 
 static enum mode mode = M_SESSIONS;
@@ -171,6 +172,8 @@ static void conn_free(struct conn *c)
 {
 	if (c->ssl)
 		SSL_free(c->ssl);
+	if (c->offer)
+		SSL_SESSION_free(c->offer);
 	if (c->fd >= 0)
 		close(c->fd);
 	free(c);
@@ -206,12 +209,16 @@ static int conn_start(void)
 		die("out of memory");
 	started++;
 	active++;
+	if (resume && ntickets)
+		c->offer = tickets[--ntickets];
 	c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (c->fd < 0) {
 		last_err = "socket";
 		if (held < 0)
 			held = ready;
 		failed++;
+		if (c->offer)
+			SSL_SESSION_free(c->offer);
 		free(c);
 		active--;
 		return -1;
@@ -340,10 +347,10 @@ static void tls_begin(struct conn *c)
 		die("SSL_new");
 	SSL_set_fd(c->ssl, c->fd);
 	SSL_set_tlsext_host_name(c->ssl, "localhost");
-	if (resume && ntickets) {
-		SSL_SESSION *t = tickets[--ntickets];
-		SSL_set_session(c->ssl, t);
-		SSL_SESSION_free(t);
+	if (c->offer) {
+		SSL_set_session(c->ssl, c->offer);
+		SSL_SESSION_free(c->offer);
+		c->offer = NULL;
 	}
 	SSL_set_connect_state(c->ssl);
 }
