@@ -481,6 +481,7 @@ class Bench:
         for n in names:
             self.values[n].update({"txn_p50": [], "txn_p99": []})
         self.floor = {}
+        self.profile = []
         self.tls = {}
         self.failures = []
 
@@ -741,6 +742,83 @@ class Bench:
         finally:
             proxy.stop()
 
+    # ---- optional: where mailshim's time goes (BENCH_PROFILE=1)
+
+    def traced(self, tool_argv, fn):
+        """Runs fn() while tool_argv (strace or perf attached to a pid)
+        runs; stops the tool with SIGINT and waits for it."""
+        log = os.path.join(self.tmp, "profile.log")
+        tool = spawn(tool_argv, log)
+        time.sleep(1.0)   # attached
+        try:
+            return fn()
+        finally:
+            time.sleep(0.3)
+            if tool.poll() is None:
+                os.kill(tool.pid, signal.SIGINT)
+            try:
+                tool.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+            stop(tool)
+
+    def strace_counts(self, worker, fn):
+        out = os.path.join(self.tmp, "strace.%d" % random.randint(0, 1 << 30))
+        self.traced([need_bin("strace"), "-c", "-p", str(worker), "-o", out], fn)
+        counts = {}
+        with open(out) as f:
+            for line in f:
+                t = line.split()
+                if len(t) in (5, 6) and t[0][0].isdigit() and t[-1] != "total":
+                    counts[t[-1]] = int(t[3])
+        return counts
+
+    def perf_top(self, worker, fn):
+        out = os.path.join(self.tmp, "perf.%d" % random.randint(0, 1 << 30))
+        self.traced([need_bin("perf"), "record", "-F", "1999", "-p", str(worker), "-o", out], fn)
+        res = {}
+        for key in ("dso", "symbol"):
+            r = subprocess.run([need_bin("perf"), "report", "-i", out, "--no-children",
+                                "--sort", key, "--stdio"], capture_output=True, text=True,
+                               timeout=120)
+            rows = [ln.strip() for ln in r.stdout.splitlines()
+                    if ln.strip() and not ln.startswith("#")]
+            res[key] = [" ".join(x.split()[:3]) for x in rows[:8]]
+        return res
+
+    def measure_profile(self):
+        proxy = Mailshim(self)
+        proxy.start("profile")
+        self.profile = []
+        try:
+            pids = proxy.pids()
+            workers = [x for x in pids if x != proxy.proc.pid]
+            if len(workers) != 1:
+                raise BenchError("expected one worker, found %s" % workers)
+            w = workers[0]
+            self.run_client("sessions", proxy.port, 20, 5)
+            n, mib = 1000, 64
+            per = mib * 1024 * 1024 // self.streams
+            sess = lambda: self.run_client("sessions", proxy.port, n, self.conc)  # noqa: E731
+            bulk = lambda: self.run_client("bulk", proxy.port, self.streams,      # noqa: E731
+                                           self.streams, per)
+            for what, fn, div, unit in (("session", sess, n, "session"),
+                                        ("MiB", bulk, mib, "MiB")):
+                c = self.strace_counts(w, fn)
+                total = sum(c.values()) / div
+                top = sorted(c.items(), key=lambda kv: -kv[1])[:8]
+                line = ("syscalls per %s: %.1f (%s)" % (unit, total, ", ".join(
+                    "%s %.1f" % (k, v / div) for k, v in top)))
+                self.profile.append(line)
+                self.raw.append("profile " + line)
+                if shutil.which("perf"):
+                    t = self.perf_top(w, fn)
+                    self.profile.append("  perf, per %s run: by object: %s" % (
+                        unit, "; ".join(t["dso"][:5])))
+                    self.profile.append("  perf, top symbols: %s" % "; ".join(t["symbol"][:8]))
+        finally:
+            proxy.stop()
+
     def step(self, what, fn, *a):
         print("bench: %s" % what, file=sys.stderr, flush=True)
         try:
@@ -774,6 +852,8 @@ class Bench:
                               PROXIES[n](self), rnd)
         self.step("mailshim: %d idle sessions on one worker" % self.max_idle,
                   self.measure_held, Mailshim(self), 1)
+        if os.environ.get("BENCH_PROFILE"):
+            self.step("mailshim: strace -c and perf of one worker", self.measure_profile)
         self.elapsed = time.monotonic() - t_start
         self.load_after = os.getloadavg()[0]
 
@@ -905,6 +985,11 @@ class Bench:
                          "handshakes, of AES twice):")
             for k in range(0, len(multiples), 4):
                 lines.append("  " + ", ".join(multiples[k:k + 4]))
+        if self.profile:
+            lines.append("")
+            lines.append("profile of one mailshim worker (BENCH_PROFILE=1; strace and perf "
+                         "slow it: counts, not times):")
+            lines.extend("  " + x for x in self.profile)
         lines.append("")
         lines.append("targets:")
         for verdict, text in self.targets(med):
