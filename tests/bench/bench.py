@@ -1049,38 +1049,39 @@ class Bench:
             if fig in floor_of and bars:
                 bars.append(("floor", floor_of[fig]))
             if bars:
-                groups.append(("%s (%s, %s is better)" % (label, unit or "count", better), bars))
+                groups.append(("%s (%s, %s is better)" % (label, unit, "lower" if better == "low"
+                                                            else "higher"), bars))
 
         def esc(t):
             return t.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        bar_h, gap, left, width, top = 12, 14, 290, 520, 60
-        height = top + sum(len(b) * bar_h + gap for _, b in groups) + 30
+        bar_h, title_h, gap, left, width, top = 13, 16, 10, 150, 600, 64
+        height = top + sum(title_h + len(b) * bar_h + gap for _, b in groups) + 20
         out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" '
-               'font-family="sans-serif" font-size="11">' % (left + width + 90, height),
+               'font-family="sans-serif" font-size="11">' % (left + width + 70, height),
                '<rect width="100%" height="100%" fill="white"/>',
                '<text x="10" y="20" font-size="14" font-weight="bold">mailshim benchmark: '
-               'each figure normalised to its largest value (bar labels: absolute)</text>']
+               'each figure normalised to its largest value; labels are absolute</text>']
         x = 10
         for n in self.names + (["floor"] if floor_of else []):
-            out.append('<rect x="%d" y="32" width="12" height="12" fill="%s"/>'
+            label = "floor (BoringSSL bssl-tool speed)" if n == "floor" else n
+            out.append('<rect x="%d" y="34" width="12" height="12" fill="%s"/>'
                        % (x, colors.get(n, "#9467bd")))
-            out.append('<text x="%d" y="42">%s</text>'
-                       % (x + 16, "floor (BoringSSL speed)" if n == "floor" else n))
-            x += 30 + 7 * len(n) + (110 if n == "floor" else 0)
+            out.append('<text x="%d" y="44">%s</text>' % (x + 16, esc(label)))
+            x += 30 + 7 * len(label)
         y = top
         for title, bars in groups:
+            out.append('<text x="10" y="%d" font-weight="bold">%s</text>' % (y + 11, esc(title)))
+            y += title_h
             vmax = max(abs(v) for _, v in bars) or 1.0
-            out.append('<text x="%d" y="%d" text-anchor="end">%s</text>'
-                       % (left - 8, y + len(bars) * bar_h / 2 + 4, esc(title)))
             for n, v in bars:
                 wbar = max(0.0, v) / vmax * width
+                out.append('<text x="%d" y="%d" text-anchor="end" font-size="10">%s</text>'
+                           % (left - 6, y + bar_h - 3, esc(n)))
                 out.append('<rect x="%d" y="%d" width="%.1f" height="%d" fill="%s"/>'
                            % (left, y, wbar, bar_h - 2, colors.get(n, "#9467bd")))
-                out.append('<text x="%.1f" y="%d" font-size="9">%s</text>'
+                out.append('<text x="%.1f" y="%d" font-size="10">%s</text>'
                            % (left + wbar + 4, y + bar_h - 3, fmt(v)))
                 y += bar_h
-            out.append('<line x1="%d" x2="%d" y1="%d" y2="%d" stroke="#ddd"/>'
-                       % (left, left + width, y + gap / 2, y + gap / 2))
             y += gap
         out.append("</svg>\n")
         return "\n".join(out)
