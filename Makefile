@@ -112,7 +112,10 @@ clean:
 
 -include $(OBJS:.o=.d)
 
-# Side-by-side figures against stunnel, hitch and haproxy (tests/bench/).
+# Side-by-side figures against stunnel, hitch and haproxy, the BoringSSL
+# floor and the targets (tests/bench/README.md): build/bench/results.txt and
+# build/bench/bench.svg. BENCH_QUICK=1 for a short trial, BENCH_PROFILE=1
+# adds strace -c and perf of one mailshim worker.
 bench: deps all
 	@MAILSHIM=$(abspath $(BIN)) sh tests/bench/run.sh
 

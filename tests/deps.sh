@@ -17,7 +17,10 @@ peers="openssl ca-certificates swaks libnet-ssleay-perl perl-openssl-defaults li
 # rendering), the unit checked by systemd-analyze (package systemd), the
 # manifests linted by yamllint and read by python3-yaml, readelf (binutils).
 packaging="man-db groff-base systemd yamllint python3-yaml binutils"
-case "${1:-}" in bench) peers="$peers stunnel4 hitch libssl-dev" ;; esac
+# make bench: the competitors, OpenSSL's headers for the load client,
+# bssl-tool (BoringSSL's own `speed`, the floor), strace and perf
+# (BENCH_PROFILE=1).
+case "${1:-}" in bench) peers="$peers stunnel4 hitch libssl-dev android-boringssl strace linux-perf" ;; esac
 
 missing=
 for p in $build $peers $packaging; do

@@ -16,6 +16,7 @@ Exit status: 0 when every measurement ran, 1 when something could not run.
 """
 
 import argparse
+import json
 import os
 import random
 import resource
@@ -203,10 +204,16 @@ def tail(path, n=20):
 # the proxies
 
 class Proxy:
+    """One proxy under test. shape: "implicit" (implicit TLS -> plain),
+    "starttls" (STARTTLS -> plain) or "chain" (STARTTLS -> STARTTLS, to
+    the TLS fixture upstream); workers: 1 or 2."""
     name = "?"
+    shapes = ("implicit",)
 
-    def __init__(self, bench):
+    def __init__(self, bench, shape="implicit", workers=1):
         self.b = bench
+        self.shape = shape
+        self.workers = workers
         self.proc = None
         self.port = None
         self.log = None
@@ -216,7 +223,8 @@ class Proxy:
 
     def start(self, tag):
         self.port = free_port()
-        d = os.path.join(self.b.tmp, "%s-%s" % (self.name, tag))
+        d = os.path.join(self.b.tmp, "%s-%s-%s-w%d" % (self.name, tag, self.shape,
+                                                         self.workers))
         os.makedirs(d)
         self.log = os.path.join(d, "log")
         argv = self.argv_and_config(d)
@@ -241,13 +249,26 @@ class Proxy:
 
 class Mailshim(Proxy):
     name = "mailshim"
+    shapes = ("implicit", "starttls", "chain", "fixture")
 
     def argv_and_config(self, d):
         conf = os.path.join(d, "conf.d")
         os.makedirs(conf)
+        listen_tls = "implicit" if self.shape == "implicit" else "starttls"
+        if self.shape == "chain":
+            # the default policy: the upstream's chain and name are checked
+            upstream = f"""upstream = 127.0.0.1:{self.b.fixture.port}
+upstream_tls = starttls
+upstream_ca = {self.b.cert}
+upstream_name = localhost
+"""
+        else:
+            upstream = f"""upstream = 127.0.0.1:{self.b.upstream}
+upstream_tls = plain
+"""
         with open(os.path.join(conf, "bench.conf"), "w") as f:
             f.write(f"""[global]
-workers = 1
+workers = {self.workers}
 helo_name = bench.test
 log_level = warn
 max_connections = 100000
@@ -255,12 +276,10 @@ tls_min_version = TLSv1.2
 
 [bench]
 listen = 127.0.0.1:{self.port}
-listen_tls = implicit
+listen_tls = {listen_tls}
 listen_cert = {self.b.cert}
 listen_key = {self.b.key}
-upstream = 127.0.0.1:{self.b.upstream}
-upstream_tls = plain
-""")
+{upstream}""")
         check = subprocess.run([self.b.mailshim, "-t", "-c", conf], capture_output=True,
                                text=True, timeout=30)
         if check.returncode != 0:
@@ -271,22 +290,46 @@ upstream_tls = plain
 
 class Stunnel(Proxy):
     name = "stunnel"
+    shapes = ("implicit", "starttls", "chain")
 
     def argv_and_config(self, d):
         path = os.path.join(d, "stunnel.conf")
         with open(path, "w") as f:
             # debug = 3 (errors) like mailshim's log_level = warn: no line
             # per connection.
-            f.write(f"""foreground = yes
-pid =
-debug = 3
-[smtps]
+            f.write("foreground = yes\npid =\ndebug = 3\n")
+            if self.shape == "chain":
+                # Two chained services in one process: STARTTLS from the
+                # client to plain on an inner port, then STARTTLS out to the
+                # TLS upstream, checking its chain and name like mailshim.
+                inner = free_port()
+                f.write(f"""[in]
+accept = 127.0.0.1:{self.port}
+connect = 127.0.0.1:{inner}
+protocol = smtp
+cert = {self.b.cert}
+key = {self.b.key}
+sslVersionMin = TLSv1.2
+[out]
+client = yes
+accept = 127.0.0.1:{inner}
+connect = 127.0.0.1:{self.b.fixture.port}
+protocol = smtp
+verifyChain = yes
+CAfile = {self.b.cert}
+checkHost = localhost
+sni = localhost
+sslVersionMin = TLSv1.2
+""")
+            else:
+                proto = "protocol = smtp\n" if self.shape == "starttls" else ""
+                f.write(f"""[smtps]
 accept = 127.0.0.1:{self.port}
 connect = 127.0.0.1:{self.b.upstream}
 cert = {self.b.cert}
 key = {self.b.key}
 sslVersionMin = TLSv1.2
-""")
+{proto}""")
         return [need_bin("stunnel4", "stunnel"), path]
 
 
@@ -301,7 +344,7 @@ class Hitch(Proxy):
             f.write(f"""frontend = "[127.0.0.1]:{self.port}"
 backend = "[127.0.0.1]:{self.b.upstream}"
 pem-file = "{self.b.combined}"
-workers = 1
+workers = {self.workers}
 daemon = off
 tls-protos = TLSv1.2 TLSv1.3
 write-proxy-v2 = off
@@ -323,7 +366,7 @@ class Haproxy(Proxy):
             # maxconn bounds haproxy's own fd needs below this machine's
             # 20000-per-process cap.
             f.write(f"""global
-    nbthread 1
+    nbthread {self.workers}
     maxconn 9000
     ssl-default-bind-options ssl-min-ver TLSv1.2
 
@@ -347,7 +390,40 @@ PROXIES = {"mailshim": Mailshim, "stunnel": Stunnel, "hitch": Hitch, "haproxy": 
 
 
 # --------------------------------------------------------------------------
-# the load client
+# the figures: key, label, unit, "low" or "high" is better
+
+FIGS = [
+    ("cpu_session", "CPU/session, implicit TLS, saturated", "us", "low"),
+    ("cpu_session_paced", "CPU/session, implicit TLS, paced", "us", "low"),
+    ("cpu_mib", "CPU/MiB, implicit TLS, saturated", "ms", "low"),
+    ("cpu_mib_paced", "CPU/MiB, implicit TLS, paced", "ms", "low"),
+    ("st_cpu_session", "CPU/session, STARTTLS->plain, saturated", "us", "low"),
+    ("st_cpu_session_paced", "CPU/session, STARTTLS->plain, paced", "us", "low"),
+    ("st_cpu_mib", "CPU/MiB, STARTTLS->plain, saturated", "ms", "low"),
+    ("st_cpu_mib_paced", "CPU/MiB, STARTTLS->plain, paced", "ms", "low"),
+    ("ch_cpu_session", "CPU/session, STARTTLS->STARTTLS, saturated", "us", "low"),
+    ("ch_cpu_session_paced", "CPU/session, STARTTLS->STARTTLS, paced", "us", "low"),
+    ("ch_cpu_mib", "CPU/MiB, STARTTLS->STARTTLS, saturated", "ms", "low"),
+    ("ch_cpu_mib_paced", "CPU/MiB, STARTTLS->STARTTLS, paced", "ms", "low"),
+    ("cpu_session_resumed", "CPU/session, tickets offered, saturated", "us", "low"),
+    ("resumed", "handshakes resumed when tickets offered", "%", "high"),
+    ("mem_idle", "memory/idle session (Pss)", "KiB", "low"),
+    ("rss_idle", "memory/idle session (Rss)", "KiB", "low"),
+    ("sps_w1", "sessions/s saturated, 1 worker", "1/s", "high"),
+    ("sps_w2", "sessions/s saturated, 2 workers", "1/s", "high"),
+    ("scaling", "scaling 1 -> 2 workers", "x", "high"),
+    ("client_cpu", "load client's CPU/session, 1 worker, saturated", "us", "low"),
+    ("lat_p50", "added latency per transaction, p50", "ms", "low"),
+    ("lat_p99", "added latency per transaction, p99", "ms", "low"),
+    ("held", "idle sessions one worker holds", "sessions", "high"),
+    ("held_mem", "memory/session at that count (Pss)", "KiB", "low"),
+]
+FIG = {f[0]: f for f in FIGS}
+# shown for reading the others (what bounds sessions/s), not compared
+NOT_COMPARED = {"client_cpu"}
+# the shapes of load a CPU figure comes in, and the prefix of its keys
+SHAPES = (("implicit", ""), ("starttls", "st_"), ("chain", "ch_"))
+
 
 def parse_kv(line):
     out = {}
@@ -358,19 +434,40 @@ def parse_kv(line):
     return out
 
 
+def fmt(v, unit=None):
+    if v is None:
+        return "-"
+    if unit in ("1/s", "sessions", " sessions") or abs(v) >= 1000:
+        return "%.0f" % v
+    if abs(v) >= 100:
+        return "%.1f" % v
+    return "%.2f" % v
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
         self.mailshim = os.path.abspath(args.mailshim)
         self.client = os.path.join(args.out, "client")
         self.sink_bin = os.path.join(args.out, "sink")
-        self.sessions = env_int("BENCH_SESSIONS", 2000)
+        quick = bool(os.environ.get("BENCH_QUICK"))
+        self.quick = quick
+        self.sessions = env_int("BENCH_SESSIONS", 300 if quick else 2000)
         self.conc = env_int("BENCH_CONC", 50)
-        self.mib = env_int("BENCH_MIB", 256)
+        self.mib = env_int("BENCH_MIB", 32 if quick else 256)
         self.streams = env_int("BENCH_STREAMS", 4)
-        self.idle = env_int("BENCH_IDLE", 2000)
-        self.repeat = env_int("BENCH_REPEAT", 3)
+        self.idle = env_int("BENCH_IDLE", 300 if quick else 2000)
+        self.repeat = env_int("BENCH_REPEAT", 1 if quick else 3)
         self.idle_repeat = env_int("BENCH_IDLE_REPEAT", 1)
+        self.rate = env_int("BENCH_RATE", 100)
+        self.paced_sessions = env_int("BENCH_PACED_SESSIONS", 100 if quick else 500)
+        self.paced_mib = env_int("BENCH_PACED_MIB", 16 if quick else 64)
+        self.paced_mibps = env_int("BENCH_PACED_MIBPS", 32)
+        self.resume_n = env_int("BENCH_RESUME", 200 if quick else 1000)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        lim = soft if soft != resource.RLIM_INFINITY else 20000
+        # two descriptors a session, a few dozen for the proxy itself
+        self.max_idle = env_int("BENCH_MAX_IDLE", 1000 if quick else max(100, (lim - 64) // 2))
         self.client_limit = env_int("BENCH_CLIENT_TIMEOUT", 120)
         names = os.environ.get("BENCH_PROXIES", "mailshim stunnel hitch haproxy").split()
         for n in names:
@@ -380,9 +477,14 @@ class Bench:
             names.insert(0, "mailshim")
         self.names = names
         self.tmp = None
+        self.fixture = None
         self.raw = []          # lines for results.txt
-        self.values = {n: {"cpu_session": [], "cpu_mib": [], "mem_idle": [], "rss_idle": []}
-                       for n in names}
+        self.values = {n: {f[0]: [] for f in FIGS} for n in names + ["direct"]}
+        self.values["direct"].update({"txn_p50": [], "txn_p99": []})
+        for n in names:
+            self.values[n].update({"txn_p50": [], "txn_p99": []})
+        self.floor = {}
+        self.profile = []
         self.tls = {}
         self.failures = []
 
@@ -412,86 +514,218 @@ class Bench:
         log = os.path.join(self.tmp, "sink.log")
         self.sink = spawn([self.sink_bin, str(self.upstream)], log)
         wait_listening(self.upstream, self.sink, log)
+        # The STARTTLS upstream of the STARTTLS -> STARTTLS shape: a
+        # mailshim (STARTTLS -> plain sink), the same for every proxy and
+        # never measured.
+        self.fixture = Mailshim(self, "fixture", workers=2)
+        self.fixture.start("fixture")
 
     def cleanup(self):
         stop_all()
         if self.tmp and not os.environ.get("BENCH_KEEP_TMP"):
             shutil.rmtree(self.tmp, ignore_errors=True)
 
+    # ---- the floor: what the work itself costs with BoringSSL
+
+    def bssl_speed(self, group, chunks=None):
+        """{description: CPU microseconds per call} of one bssl speed
+        group, scaled from wall to the CPU time the tool really used."""
+        argv = [need_bin("bssl-tool"), "speed", "-filter", group, "-json",
+                "-timeout", "1"]
+        if chunks:
+            argv += ["-chunks", str(chunks)]
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = p.communicate(timeout=120)
+        if p.returncode != 0:
+            raise BenchError("bssl-tool speed -filter %s: %s" % (group, err.strip()))
+        ops, wall = {}, 0
+        for line in out.splitlines():
+            line = line.strip().rstrip(",")
+            if line.startswith("{"):
+                d = json.loads(line)
+                ops[d["description"]] = d["microseconds"] / d["numCalls"]
+                wall += d["microseconds"]
+        return ops, wall
+
+    def measure_floor(self):
+        table = {}
+        for group, chunks in (("25519", None), ("P-256", None), ("AES-128-GCM", 16384)):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            ops, wall = self.bssl_speed(group, chunks)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = ((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)) * 1e6
+            scale = min(1.0, cpu / wall) if wall > 0 else 1.0
+            for k, v in ops.items():
+                table[k] = v * scale
+                self.raw.append("floor op=%r us_per_call=%.3f (wall %.3f, cpu/wall %.3f)"
+                                % (k, v * scale, v, scale))
+
+        def op(name):
+            if name not in table:
+                raise BenchError("bssl-tool speed printed no %r" % name)
+            return table[name]
+        x = op("Curve25519 base-point multiplication") + \
+            op("Curve25519 arbitrary point multiplication")
+        self.floor["hs_server"] = x + op("ECDSA P-256 signing")
+        self.floor["hs_client"] = x + op("ECDSA P-256 verify")
+        self.floor["mib"] = op("AES-128-GCM (16384 bytes) seal") * 64 / 1000.0
+        self.raw.append("floor hs_server_us=%.1f hs_client_us=%.1f aes_ms_per_mib=%.3f"
+                        % (self.floor["hs_server"], self.floor["hs_client"], self.floor["mib"]))
+
     # ---- client runs
 
-    def run_client(self, mode, port, n, c, body=None):
+    def client_argv(self, mode, port, n, c, body=None, extra=()):
         argv = [self.client, "-m", mode, "-p", str(port), "-n", str(n), "-c", str(c),
-                "-t", str(self.client_limit)]
+                "-t", str(self.client_limit)] + list(extra)
         if body is not None:
             argv += ["-b", str(body)]
+        return argv
+
+    def run_client(self, mode, port, n, c, body=None, extra=()):
+        argv = self.client_argv(mode, port, n, c, body, extra)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         try:
             r = subprocess.run(argv, capture_output=True, text=True,
                                timeout=self.client_limit + 30)
         except subprocess.TimeoutExpired:
             raise BenchError("client %s did not finish in time" % mode) from None
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         lines = r.stdout.strip().splitlines()
         res = parse_kv(lines[-1]) if lines else {}
+        res["client_cpu_s"] = "%.3f" % ((after.ru_utime - before.ru_utime) +
+                                        (after.ru_stime - before.ru_stime))
         if r.returncode != 0 or res.get("ok") != str(n):
-            raise BenchError("client %s on port %d: status %d: %s %s"
-                             % (mode, port, r.returncode, r.stdout.strip(), r.stderr.strip()))
+            raise BenchError("client %s %s on port %d: status %d: %s %s"
+                             % (mode, " ".join(extra), port, r.returncode, r.stdout.strip(),
+                                r.stderr.strip()))
         return res
 
     def note_tls(self, name, res):
         self.tls[name] = "%s %s %s" % (res.get("version"), res.get("cipher"), res.get("group"))
 
+    def put(self, name, fig, v, rnd, **info):
+        self.values[name][fig].append(v)
+        self.raw.append("run=%d proxy=%s figure=%s value=%.3f %s"
+                        % (rnd, name, fig, v, " ".join("%s=%s" % kv for kv in info.items())))
+
+    def cpu_of(self, proxy, fn):
+        """(result of fn(), CPU seconds the proxy spent during it)."""
+        t0 = cpu_ticks(proxy.pids())
+        res = fn()
+        t1 = cpu_ticks(proxy.pids())
+        return res, (t1 - t0) / CLK_TCK
+
     # ---- the figures
 
-    def measure_cpu(self, proxy, rnd):
-        name = proxy.name
+    def measure_shape(self, proxy, rnd):
+        """CPU per session and per MiB of one shape, saturated and paced;
+        for implicit TLS also the sessions/s of one worker, the latency and
+        the resumption figures."""
+        name, pre = proxy.name, dict(SHAPES)[proxy.shape]
+        flags = ["-s"] if proxy.shape != "implicit" else []
+        port = None
         proxy.start("cpu%d" % rnd)
         try:
-            self.run_client("sessions", proxy.port, 20, 5)   # warm-up
-            pids = proxy.pids()
-            t0 = cpu_ticks(pids)
-            res = self.run_client("sessions", proxy.port, self.sessions, self.conc)
-            pids = proxy.pids()
-            t1 = cpu_ticks(pids)
-            self.note_tls(name, res)
-            us = (t1 - t0) / CLK_TCK * 1e6 / self.sessions
-            self.values[name]["cpu_session"].append(us)
-            self.raw.append("run=%d proxy=%s figure=cpu_session sessions=%d concurrency=%d "
-                            "cpu_ticks=%d clk_tck=%d wall_s=%s procs=%d us_per_session=%.1f"
-                            % (rnd, name, self.sessions, self.conc, t1 - t0, CLK_TCK,
-                               res.get("secs"), len(pids), us))
+            port = proxy.port
+            self.run_client("sessions", port, 20, 5, extra=flags)   # warm-up
+
+            res, cpu = self.cpu_of(proxy, lambda: self.run_client(
+                "sessions", port, self.sessions, self.conc, extra=flags))
+            if proxy.shape == "implicit":
+                self.note_tls(name, res)
+                sps = self.sessions / max(float(res["secs"]), 1e-6)
+                self.put(name, "sps_w1", sps, rnd, secs=res["secs"])
+                self.put(name, "client_cpu", float(res["client_cpu_s"]) * 1e6 / self.sessions,
+                         rnd)
+            self.put(name, pre + "cpu_session", cpu * 1e6 / self.sessions, rnd,
+                     sessions=self.sessions, conc=self.conc, cpu_s=cpu, secs=res["secs"])
 
             per = self.mib * 1024 * 1024 // self.streams
-            t0 = cpu_ticks(proxy.pids())
-            res = self.run_client("bulk", proxy.port, self.streams, self.streams, per)
-            t1 = cpu_ticks(proxy.pids())
-            mib = per * self.streams / (1024 * 1024)
-            ms = (t1 - t0) / CLK_TCK * 1e3 / mib
-            self.values[name]["cpu_mib"].append(ms)
-            self.raw.append("run=%d proxy=%s figure=cpu_mib streams=%d mib=%.0f cpu_ticks=%d "
-                            "clk_tck=%d wall_s=%s ms_per_mib=%.3f"
-                            % (rnd, name, self.streams, mib, t1 - t0, CLK_TCK,
-                               res.get("secs"), ms))
+            res, cpu = self.cpu_of(proxy, lambda: self.run_client(
+                "bulk", port, self.streams, self.streams, per, extra=flags))
+            self.put(name, pre + "cpu_mib", cpu * 1e3 / self.mib, rnd, mib=self.mib,
+                     streams=self.streams, cpu_s=cpu, secs=res["secs"])
+
+            # Implicit TLS: the same paced transaction goes straight to
+            # the sink at the same time, so both see the same load on the
+            # machine; the added latency is the difference.
+            direct = None
+            if proxy.shape == "implicit":
+                direct = subprocess.Popen(
+                    self.client_argv("sessions", self.upstream, self.paced_sessions, self.conc,
+                                     extra=["-P", "-R", str(self.rate)]),
+                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    text=True)
+            try:
+                res, cpu = self.cpu_of(proxy, lambda: self.run_client(
+                    "sessions", port, self.paced_sessions, self.conc,
+                    extra=flags + ["-R", str(self.rate)]))
+            finally:
+                if direct is not None:
+                    try:
+                        dout, _ = direct.communicate(timeout=self.client_limit + 30)
+                    except subprocess.TimeoutExpired:
+                        direct.kill()
+                        dout, _ = direct.communicate()
+            self.put(name, pre + "cpu_session_paced", cpu * 1e6 / self.paced_sessions, rnd,
+                     sessions=self.paced_sessions, rate=self.rate, cpu_s=cpu, secs=res["secs"])
+            if direct is not None:
+                d = parse_kv(dout.strip().splitlines()[-1]) if dout.strip() else {}
+                if direct.returncode != 0 or d.get("ok") != str(self.paced_sessions):
+                    raise BenchError("direct client: status %d: %s"
+                                     % (direct.returncode, dout.strip()))
+                for q in ("p50", "p99"):
+                    via = float(res["lat_%s_us" % q]) / 1e3
+                    straight = float(d["lat_%s_us" % q]) / 1e3
+                    self.put(name, "txn_" + q, via, rnd)
+                    self.put("direct", "txn_" + q, straight, rnd, beside=name)
+                    self.put(name, "lat_" + q, via - straight, rnd)
+
+            per = self.paced_mib * 1024 * 1024 // self.streams
+            res, cpu = self.cpu_of(proxy, lambda: self.run_client(
+                "bulk", port, self.streams, self.streams, per,
+                extra=flags + ["-R", str(self.paced_mibps)]))
+            self.put(name, pre + "cpu_mib_paced", cpu * 1e3 / self.paced_mib, rnd,
+                     mib=self.paced_mib, mibps=self.paced_mibps, cpu_s=cpu, secs=res["secs"])
+
+            if proxy.shape == "implicit":
+                res, cpu = self.cpu_of(proxy, lambda: self.run_client(
+                    "sessions", port, self.resume_n, self.conc, extra=["-r"]))
+                self.put(name, "resumed", 100.0 * int(res["resumed"]) / self.resume_n, rnd,
+                         resumed=res["resumed"], sessions=self.resume_n)
+                self.put(name, "cpu_session_resumed", cpu * 1e6 / self.resume_n, rnd,
+                         cpu_s=cpu, secs=res["secs"])
         finally:
             proxy.stop()
 
-    def measure_idle(self, proxy, rnd):
-        name = proxy.name
-        proxy.start("idle%d" % rnd)
-        client = None
+    def measure_workers2(self, proxy, rnd):
+        proxy.start("w2-%d" % rnd)
         try:
-            self.run_client("sessions", proxy.port, 20, 5)   # warm-up
-            time.sleep(0.5)
-            base_pss, base_rss = memory_kb(proxy.pids())
-            argv = [self.client, "-m", "idle", "-p", str(proxy.port), "-n", str(self.idle),
-                    "-c", str(self.conc), "-t", str(self.client_limit)]
-            client = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True)
+            self.run_client("sessions", proxy.port, 20, 5)
+            res = self.run_client("sessions", proxy.port, self.sessions, self.conc)
+            sps = self.sessions / max(float(res["secs"]), 1e-6)
+            self.put(proxy.name, "sps_w2", sps, rnd, secs=res["secs"],
+                     client_cpu_us_per_session="%.0f" % (
+                         float(res["client_cpu_s"]) * 1e6 / self.sessions))
+        finally:
+            proxy.stop()
+
+    def idle_sessions(self, proxy, n, strict):
+        """Opens n idle sessions; returns (ready, held, pss, rss, base_pss,
+        base_rss, procs)."""
+        self.run_client("sessions", proxy.port, 20, 5)   # warm-up
+        time.sleep(0.5)
+        base_pss, base_rss = memory_kb(proxy.pids())
+        argv = self.client_argv("idle", proxy.port, n, self.conc)
+        client = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        try:
             ready = select.select([client.stdout], [], [], self.client_limit + 10)[0]
             line = client.stdout.readline() if ready else ""
             if not line.startswith("ready "):
                 raise BenchError("idle client never got ready: %r" % line)
-            n_ok, n_failed = (int(x) for x in line.split()[1:3])
-            if n_ok != self.idle or n_failed:
+            n_ok, n_failed, held = (int(x) for x in line.split()[1:4])
+            if strict and (n_ok != n or n_failed):
                 raise BenchError("idle client: %d sessions ready, %d failed" % (n_ok, n_failed))
             # Let every session settle (late tickets, lazy buffers), then
             # take the larger of two readings a moment apart.
@@ -500,66 +734,231 @@ class Bench:
             pss1, rss1 = memory_kb(pids)
             time.sleep(0.5)
             pss2, rss2 = memory_kb(proxy.pids())
-            pss, rss = max(pss1, pss2), max(rss1, rss2)
             out, err = client.communicate(timeout=60)   # closes its stdin: release
             res = parse_kv(out.strip().splitlines()[-1]) if out.strip() else {}
-            if res.get("dropped", "0") != "0":
+            if strict and res.get("dropped", "0") != "0":
                 raise BenchError("the proxy closed %s idle sessions early" % res.get("dropped"))
             client = None
-            per_pss = (pss - base_pss) / self.idle
-            per_rss = (rss - base_rss) / self.idle
-            self.values[name]["mem_idle"].append(per_pss)
-            self.values[name]["rss_idle"].append(per_rss)
-            self.raw.append("run=%d proxy=%s figure=mem_idle sessions=%d procs=%d "
-                            "pss_base_kib=%d pss_kib=%d rss_base_kib=%d rss_kib=%d "
-                            "pss_kib_per_session=%.2f rss_kib_per_session=%.2f"
-                            % (rnd, name, self.idle, len(pids), base_pss, pss, base_rss, rss,
-                               per_pss, per_rss))
+            return (n_ok, held, max(pss1, pss2), max(rss1, rss2), base_pss, base_rss,
+                    len(pids), res)
         finally:
             if client is not None:
                 client.kill()
                 client.wait()
+
+    def measure_idle(self, proxy, rnd):
+        name = proxy.name
+        proxy.start("idle%d" % rnd)
+        try:
+            _, _, pss, rss, bp, br, procs, _ = self.idle_sessions(proxy, self.idle, True)
+            self.put(name, "mem_idle", (pss - bp) / self.idle, rnd, sessions=self.idle,
+                     procs=procs, pss_base_kib=bp, pss_kib=pss)
+            self.put(name, "rss_idle", (rss - br) / self.idle, rnd, rss_base_kib=br, rss_kib=rss)
+        finally:
             proxy.stop()
+
+    def measure_held(self, proxy, rnd):
+        """How many idle sessions one worker holds without an error, up to
+        the descriptor limit, and the memory per session at that count."""
+        proxy.start("held%d" % rnd)
+        try:
+            n_ok, held, pss, _, bp, _, _, res = self.idle_sessions(proxy, self.max_idle, False)
+            self.put(proxy.name, "held", held, rnd, tried=self.max_idle, ready=n_ok,
+                     failed=res.get("failed"), dropped=res.get("dropped"),
+                     last_error='"%s"' % res.get("last_error", ""))
+            if n_ok:
+                self.put(proxy.name, "held_mem", (pss - bp) / n_ok, rnd, pss_base_kib=bp,
+                         pss_kib=pss)
+        finally:
+            proxy.stop()
+
+    # ---- optional: where mailshim's time goes (BENCH_PROFILE=1)
+
+    def traced(self, tool_argv, fn):
+        """Runs fn() while tool_argv (strace or perf attached to a pid)
+        runs; stops the tool with SIGINT and waits for it."""
+        log = os.path.join(self.tmp, "profile.log")
+        tool = spawn(tool_argv, log)
+        time.sleep(1.0)   # attached
+        try:
+            return fn()
+        finally:
+            time.sleep(0.3)
+            if tool.poll() is None:
+                os.kill(tool.pid, signal.SIGINT)
+            try:
+                tool.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+            stop(tool)
+
+    def strace_counts(self, worker, fn):
+        out = os.path.join(self.tmp, "strace.%d" % random.randint(0, 1 << 30))
+        self.traced([need_bin("strace"), "-c", "-p", str(worker), "-o", out], fn)
+        counts = {}
+        with open(out) as f:
+            for line in f:
+                t = line.split()
+                if len(t) in (5, 6) and t[0][0].isdigit() and t[-1] != "total":
+                    counts[t[-1]] = int(t[3])
+        return counts
+
+    def perf_top(self, worker, fn):
+        out = os.path.join(self.tmp, "perf.%d" % random.randint(0, 1 << 30))
+        self.traced([need_bin("perf"), "record", "-F", "1999", "-p", str(worker), "-o", out], fn)
+        res = {}
+        for key in ("dso", "symbol"):
+            r = subprocess.run([need_bin("perf"), "report", "-i", out, "--no-children",
+                                "--sort", key, "--stdio"], capture_output=True, text=True,
+                               timeout=120)
+            rows = [ln.strip() for ln in r.stdout.splitlines()
+                    if ln.strip() and not ln.startswith("#")]
+            res[key] = [" ".join(x.split()[:3]) for x in rows[:8]]
+        return res
+
+    def measure_profile(self):
+        proxy = Mailshim(self)
+        proxy.start("profile")
+        self.profile = []
+        try:
+            pids = proxy.pids()
+            workers = [x for x in pids if x != proxy.proc.pid]
+            if len(workers) != 1:
+                raise BenchError("expected one worker, found %s" % workers)
+            w = workers[0]
+            self.run_client("sessions", proxy.port, 20, 5)
+            n, mib = 1000, 64
+            per = mib * 1024 * 1024 // self.streams
+            sess = lambda: self.run_client("sessions", proxy.port, n, self.conc)  # noqa: E731
+            bulk = lambda: self.run_client("bulk", proxy.port, self.streams,      # noqa: E731
+                                           self.streams, per)
+            for what, fn, div, unit in (("session", sess, n, "session"),
+                                        ("MiB", bulk, mib, "MiB")):
+                c = self.strace_counts(w, fn)
+                total = sum(c.values()) / div
+                top = sorted(c.items(), key=lambda kv: -kv[1])[:8]
+                line = ("syscalls per %s: %.1f (%s)" % (unit, total, ", ".join(
+                    "%s %.1f" % (k, v / div) for k, v in top)))
+                self.profile.append(line)
+                self.raw.append("profile " + line)
+                if shutil.which("perf"):
+                    t = self.perf_top(w, fn)
+                    self.profile.append("  perf, per %s run: by object: %s" % (
+                        unit, "; ".join(t["dso"][:5])))
+                    self.profile.append("  perf, top symbols: %s" % "; ".join(t["symbol"][:8]))
+        finally:
+            proxy.stop()
+
+    def step(self, what, fn, *a):
+        print("bench: %s" % what, file=sys.stderr, flush=True)
+        try:
+            fn(*a)
+        except BenchError as e:
+            print("bench: FAILED %s: %s" % (what, e), file=sys.stderr, flush=True)
+            self.failures.append("%s: %s" % (what, e))
 
     def run(self):
         t_start = time.monotonic()
         self.load_before = os.getloadavg()[0]
-        proxies = [PROXIES[n](self) for n in self.names]
+        self.step("floor (bssl-tool speed)", self.measure_floor)
+        plan = []   # (proxy, what, fn) per round, rotated
+        for n in self.names:
+            cls = PROXIES[n]
+            for shape, _ in SHAPES:
+                if shape in cls.shapes:
+                    plan.append((cls(self, shape), "cpu " + shape, self.measure_shape))
+            if n != "stunnel":   # one thread per connection: no worker count
+                plan.append((cls(self, "implicit", 2), "2 workers", self.measure_workers2))
         for rnd in range(1, self.repeat + 1):
-            # rotate the order so no proxy always runs first or last
-            k = (rnd - 1) % len(proxies)
-            for p in proxies[k:] + proxies[:k]:
-                for what, fn in (("cpu", self.measure_cpu), ("idle", self.measure_idle)):
-                    if what == "idle" and rnd > self.idle_repeat:
-                        continue
-                    print("bench: run %d/%d %-8s %s" % (rnd, self.repeat, p.name, what),
-                          file=sys.stderr, flush=True)
-                    try:
-                        fn(p, rnd)
-                    except BenchError as e:
-                        msg = "run %d %s %s: %s" % (rnd, p.name, what, e)
-                        print("bench: FAILED " + msg, file=sys.stderr, flush=True)
-                        self.failures.append(msg)
+            k = (rnd - 1) % len(plan)
+            for proxy, what, fn in plan[k:] + plan[:k]:
+                self.step("run %d/%d %-8s %s" % (rnd, self.repeat, proxy.name, what),
+                          fn, proxy, rnd)
+            if rnd <= self.idle_repeat:
+                for n in self.names:
+                    self.step("run %d %-8s idle" % (rnd, n), self.measure_idle,
+                              PROXIES[n](self), rnd)
+        self.step("mailshim: %d idle sessions on one worker" % self.max_idle,
+                  self.measure_held, Mailshim(self), 1)
+        if os.environ.get("BENCH_PROFILE"):
+            self.step("mailshim: strace -c and perf of one worker", self.measure_profile)
         self.elapsed = time.monotonic() - t_start
         self.load_after = os.getloadavg()[0]
 
     # ---- report
 
-    def report(self):
-        figs = [
-            ("cpu_session", "CPU per session", "us"),
-            ("cpu_mib", "CPU per MiB relayed", "ms"),
-            ("mem_idle", "memory per idle session (Pss)", "KiB"),
-            ("rss_idle", "memory per idle session (Rss)", "KiB"),
-        ]
+    def medians(self):
         med = {n: {f: (statistics.median(v) if v else None) for f, v in d.items()}
                for n, d in self.values.items()}
-        others = [n for n in self.names if n != "mailshim"]
+        for n in self.names:
+            m = med[n]
+            if m["sps_w1"] and m["sps_w2"]:
+                m["scaling"] = m["sps_w2"] / m["sps_w1"]
+        return med
+
+    def best_peer(self, med, fig):
+        cand = [(med[n][fig], n) for n in self.names
+                if n != "mailshim" and med[n][fig] is not None]
+        if not cand:
+            return None, None
+        return (max(cand) if FIG[fig][3] == "high" else min(cand))
+
+    def targets(self, med):
+        """(PASS|MISS, text) per target."""
+        m = med["mailshim"]
+        out = []
+
+        def check(label, v, limit, at_most, unit="x", detail=""):
+            if v is None:
+                out.append(("----", "%s: not measured" % label))
+                return
+            ok = v <= limit if at_most else v >= limit
+            margin = ((limit - v) if at_most else (v - limit)) / limit * 100
+            out.append(("PASS" if ok else "MISS",
+                        "%s: %s%s (target %s %s%s, margin %+.0f%%)%s"
+                        % (label, fmt(v, unit), unit, "<=" if at_most else ">=",
+                           fmt(limit, unit), unit, margin, detail)))
+
+        def vs_peer(fig, limit, what):
+            bv, bn = self.best_peer(med, fig)
+            if m[fig] is None or not bv:
+                check(what, None, limit, True)
+                return
+            check(what, m[fig] / bv, limit, True,
+                  detail="  [%s %s vs %s %s]" % (fmt(m[fig]), FIG[fig][2], bn, fmt(bv)))
+
+        for pre, shape in (("", "implicit TLS"), ("st_", "STARTTLS->plain"),
+                           ("ch_", "STARTTLS->STARTTLS")):
+            for pace in ("", "_paced"):
+                tag = "%s, %s" % (shape, "paced" if pace else "saturated")
+                vs_peer(pre + "cpu_session" + pace, 0.5, "CPU/session <= 0.5x best peer, " + tag)
+                floor = self.floor.get("hs_server")
+                if floor and pre == "ch_":
+                    floor += self.floor["hs_client"]
+                f = pre + "cpu_session" + pace
+                check("CPU/session <= 2x handshake floor, " + tag,
+                      m[f] / floor if m[f] is not None and floor else None, 2.0, True)
+        for pre, shape in (("", "implicit TLS"), ("st_", "STARTTLS->plain"),
+                           ("ch_", "STARTTLS->STARTTLS")):
+            for pace in ("", "_paced"):
+                vs_peer(pre + "cpu_mib" + pace, 0.65, "CPU/MiB <= 0.65x best peer, %s, %s"
+                        % (shape, "paced" if pace else "saturated"))
+        vs_peer("mem_idle", 0.25, "memory/idle session <= 0.25x best peer")
+        check("sessions/s 1 -> 2 workers >= 1.8x", m["scaling"], 1.8, False)
+        check("one worker holds >= 9000 idle sessions", m["held"], 9000, False, unit=" sessions",
+              detail="  [tried %d]" % self.max_idle)
+        check("p99 added latency <= 1 ms", m["lat_p99"], 1.0, True, unit=" ms")
+        return out
+
+    def report(self):
+        med = self.medians()
         lines = []
-        lines.append("mailshim benchmark: %d full sessions at concurrency %d; %d MiB in %d "
-                     "stream(s); %d idle sessions; median of %d run(s) (idle: %d)"
-                     % (self.sessions, self.conc, self.mib, self.streams, self.idle,
-                        self.repeat, min(self.repeat, self.idle_repeat)))
+        lines.append("mailshim benchmark: %d sessions at concurrency %d (paced: %d at %d/s); "
+                     "%d MiB in %d streams (paced: %d MiB at %d MiB/s); %d idle; %d resumed; "
+                     "median of %d run(s)"
+                     % (self.sessions, self.conc, self.paced_sessions, self.rate, self.mib,
+                        self.streams, self.paced_mib, self.paced_mibps, self.idle,
+                        self.resume_n, self.repeat))
         for n in self.names:
             if n in self.tls:
                 lines.append("  %-9s TLS: %s" % (n, self.tls[n]))
@@ -570,42 +969,56 @@ class Bench:
                          "figures are noisy; compare ratios, or run again when idle"
                          % (load, ncpu))
         lines.append("")
-        w = 40
-        lines.append("%-*s" % (w, "absolute (lower is better)") +
-                     "".join("%12s" % n for n in self.names))
-        for f, label, unit in figs:
-            cells = []
-            for n in self.names:
-                v = med[n][f]
-                cells.append("%12s" % ("-" if v is None else "%.2f" % v))
-            lines.append("%-*s" % (w, "%s (%s)" % (label, unit)) + "".join(cells))
+        w = 50
+        lines.append("%-*s%6s" % (w, "figure", "unit") + "".join("%10s" % n for n in self.names)
+                     + "%10s%10s" % ("best peer", "m/best"))
+        for fig, label, unit, better in FIGS:
+            cells = "".join("%10s" % fmt(med[n][fig], unit) for n in self.names)
+            bv, bn = self.best_peer(med, fig) if fig not in NOT_COMPARED else (None, None)
+            mv = med["mailshim"][fig]
+            ratio = "%.2f" % (mv / bv) if mv is not None and bv else "-"
+            lines.append("%-*s%6s%s%10s%10s" % (w, label, unit, cells, bn or "-", ratio))
+        d = med["direct"]
+        lines.append("%-*s%6s%10s%10s" % (w, "transaction direct to the sink, p50 / p99", "ms",
+                                         fmt(d["txn_p50"]), fmt(d["txn_p99"])))
+        lines.append("(m/best: mailshim / best peer; < 1 is better for low-is-better figures. "
+                     "Added latency: the proxy's p50/p99 minus that of the same paced transactions sent at the same time straight to the sink.)")
+        if self.floor:
+            fl = self.floor
+            lines.append("")
+            lines.append("floor (bssl-tool speed, this machine): TLS 1.3 server handshake "
+                         "(X25519 keygen + X25519 + ECDSA P-256 sign) %.0f us; client side "
+                         "(with ECDSA verify) %.0f us; AES-128-GCM %.3f ms/MiB"
+                         % (fl["hs_server"], fl["hs_client"], fl["mib"]))
+            mm = med["mailshim"]
+            multiples = []
+            for fig in ("cpu_session", "cpu_session_paced", "st_cpu_session",
+                        "st_cpu_session_paced", "cpu_session_resumed"):
+                if mm[fig] is not None:
+                    multiples.append("%s %.1fx" % (fig, mm[fig] / fl["hs_server"]))
+            for fig in ("ch_cpu_session", "ch_cpu_session_paced"):
+                if mm[fig] is not None:
+                    multiples.append("%s %.1fx" % (fig, mm[fig] / (fl["hs_server"] +
+                                                                   fl["hs_client"])))
+            for fig in ("cpu_mib", "cpu_mib_paced", "st_cpu_mib", "st_cpu_mib_paced"):
+                if mm[fig] is not None:
+                    multiples.append("%s %.1fx" % (fig, mm[fig] / fl["mib"]))
+            for fig in ("ch_cpu_mib", "ch_cpu_mib_paced"):
+                if mm[fig] is not None:   # decrypt + encrypt
+                    multiples.append("%s %.1fx" % (fig, mm[fig] / (2 * fl["mib"])))
+            lines.append("mailshim as multiples of the floor (STARTTLS->STARTTLS: of two "
+                         "handshakes, of AES twice):")
+            for k in range(0, len(multiples), 4):
+                lines.append("  " + ", ".join(multiples[k:k + 4]))
+        if self.profile:
+            lines.append("")
+            lines.append("profile of one mailshim worker (BENCH_PROFILE=1; strace and perf "
+                         "slow it: counts, not times):")
+            lines.extend("  " + x for x in self.profile)
         lines.append("")
-        lines.append("%-*s" % (w, "ratio mailshim/X (<1: mailshim better)") +
-                     "".join("%12s" % n for n in others))
-        for f, label, unit in figs:
-            cells = []
-            m = med["mailshim"][f]
-            for n in others:
-                v = med[n][f]
-                if m is None or v is None or v <= 0:
-                    cells.append("%12s" % "-")
-                else:
-                    cells.append("%12.2f" % (m / v))
-            lines.append("%-*s" % (w, label) + "".join(cells))
-        lines.append("")
-        for f, label, unit in figs[:3]:
-            m = med["mailshim"][f]
-            cand = [(med[n][f], n) for n in others if med[n][f] is not None]
-            if m is None or not cand:
-                lines.append("%s: not measured" % label)
-                continue
-            best_v, best_n = min(cand)
-            beats = m < best_v
-            ratio = ("%.2f" % (m / best_v)) if best_v > 0 else "-"
-            lines.append("%s: mailshim %.2f %s vs best competitor %s %.2f %s -> mailshim/%s = "
-                         "%s: %s" % (label, m, unit, best_n, best_v, unit, best_n, ratio,
-                                     "mailshim BEATS the best competitor" if beats
-                                     else "mailshim does NOT beat the best competitor"))
+        lines.append("targets:")
+        for verdict, text in self.targets(med):
+            lines.append("  %s  %s" % (verdict, text))
         if self.failures:
             lines.append("")
             lines.append("could not run:")
@@ -625,13 +1038,80 @@ class Bench:
             for n in self.names:
                 f.write("# %s TLS: %s\n" % (n, self.tls.get(n, "-")))
             f.write("\n".join(self.raw) + "\n\n")
-            for n in self.names:
-                for fig, _, unit in figs:
-                    v = med[n][fig]
-                    f.write("median proxy=%s figure=%s unit=%s value=%s\n"
-                            % (n, fig, unit, "-" if v is None else "%.3f" % v))
+            for n in self.names + ["direct"]:
+                for fig, v in sorted(med[n].items()):
+                    if v is not None:
+                        f.write("median proxy=%s figure=%s value=%.3f\n" % (n, fig, v))
             f.write("\n" + text)
-        print("raw numbers: %s" % path)
+        svg = os.path.join(self.args.out, "bench.svg")
+        with open(svg, "w") as f:
+            f.write(self.svg(med))
+        print("raw numbers: %s\nchart: %s" % (path, svg))
+
+    # ---- the chart
+
+    def svg(self, med):
+        """A grouped horizontal bar chart, one group per figure, one bar per
+        proxy (and the floor where there is one), each figure normalised to
+        its largest value."""
+        colors = {"mailshim": "#1f77b4", "stunnel": "#d62728", "hitch": "#2ca02c",
+                  "haproxy": "#ff7f0e", "floor": "#7f7f7f"}
+        floor_of = {}
+        if self.floor:
+            fl = self.floor
+            for fig in ("cpu_session", "cpu_session_paced", "st_cpu_session",
+                        "st_cpu_session_paced"):
+                floor_of[fig] = fl["hs_server"]
+            for fig in ("ch_cpu_session", "ch_cpu_session_paced"):
+                floor_of[fig] = fl["hs_server"] + fl["hs_client"]
+            for fig in ("cpu_mib", "cpu_mib_paced", "st_cpu_mib", "st_cpu_mib_paced"):
+                floor_of[fig] = fl["mib"]
+            for fig in ("ch_cpu_mib", "ch_cpu_mib_paced"):
+                floor_of[fig] = 2 * fl["mib"]
+        groups = []
+        for fig, label, unit, better in FIGS:
+            if fig in NOT_COMPARED:
+                continue
+            bars = [(n, med[n][fig]) for n in self.names if med[n][fig] is not None]
+            if fig in floor_of and bars:
+                bars.append(("floor", floor_of[fig]))
+            if bars:
+                groups.append(("%s (%s, %s is better)" % (label, unit, "lower" if better == "low"
+                                                            else "higher"), bars))
+
+        def esc(t):
+            return t.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        bar_h, title_h, gap, left, width, top = 13, 16, 10, 150, 600, 64
+        height = top + sum(title_h + len(b) * bar_h + gap for _, b in groups) + 20
+        out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" '
+               'font-family="sans-serif" font-size="11">' % (left + width + 70, height),
+               '<rect width="100%" height="100%" fill="white"/>',
+               '<text x="10" y="20" font-size="14" font-weight="bold">mailshim benchmark: '
+               'each figure normalised to its largest value; labels are absolute</text>']
+        x = 10
+        for n in self.names + (["floor"] if floor_of else []):
+            label = "floor (BoringSSL bssl-tool speed)" if n == "floor" else n
+            out.append('<rect x="%d" y="34" width="12" height="12" fill="%s"/>'
+                       % (x, colors.get(n, "#9467bd")))
+            out.append('<text x="%d" y="44">%s</text>' % (x + 16, esc(label)))
+            x += 30 + 7 * len(label)
+        y = top
+        for title, bars in groups:
+            out.append('<text x="10" y="%d" font-weight="bold">%s</text>' % (y + 11, esc(title)))
+            y += title_h
+            vmax = max(abs(v) for _, v in bars) or 1.0
+            for n, v in bars:
+                wbar = max(0.0, v) / vmax * width
+                out.append('<text x="%d" y="%d" text-anchor="end" font-size="10">%s</text>'
+                           % (left - 6, y + bar_h - 3, esc(n)))
+                out.append('<rect x="%d" y="%d" width="%.1f" height="%d" fill="%s"/>'
+                           % (left, y, wbar, bar_h - 2, colors.get(n, "#9467bd")))
+                out.append('<text x="%.1f" y="%d" font-size="10">%s</text>'
+                           % (left + wbar + 4, y + bar_h - 3, fmt(v)))
+                y += bar_h
+            y += gap
+        out.append("</svg>\n")
+        return "\n".join(out)
 
 
 def main():

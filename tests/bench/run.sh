@@ -1,8 +1,10 @@
 #!/bin/sh
-# run.sh: `make bench`. Installs the competitors when missing (tests/deps.sh
-# bench, which also stops the system services their packages may start),
-# builds the load client and the upstream sink into build/bench, then runs
-# bench.py. MAILSHIM names the binary under test (default ./mailshim).
+# run.sh: `make bench`. Installs the competitors and the tools when missing
+# (tests/deps.sh bench: stunnel4, hitch, bssl-tool, strace, perf; it also
+# stops the system services their packages may start), builds the load
+# client and the upstream sink into build/bench, then runs bench.py, which
+# writes build/bench/results.txt and build/bench/bench.svg. MAILSHIM names
+# the binary under test (default ./mailshim).
 #
 # Exit 0 when every measurement ran (the numbers are a report, not a
 # verdict), non-zero when something could not run.
