@@ -8,6 +8,7 @@ Each test runs a normal session next to the fault: one started before the
 fault and finished after it (interleaved in the same worker), and often
 one more with swaks afterwards."""
 
+import os
 import re
 import select
 import socket
@@ -17,7 +18,7 @@ import time
 
 import pytest
 
-from harness import (dot_stuff, expected_received, fd_count, make_message, proc_tree, s_client,
+from harness import (HarnessError, tail, dot_stuff, expected_received, fd_count, make_message, proc_tree, s_client,
                      service, sha256, swaks, wait_until)
 from hostile import (client_hello, expect_closed, expect_line, expect_reply, reset,
                      reset_socket, send, send_bulk, send_slowly, serve_smtp, stall)
@@ -454,7 +455,13 @@ def test_fd_limit_pauses_accept_and_recovers(make_shim, smtp_sink, ports, pki, w
         for s in socks:
             reset_socket(s)
     # The backlog drains and the shim comes back to its idle fd count.
-    wait_until(lambda: fd_count(pid) <= base + 1, 20, "mailshim to release its fds")
+    try:
+        wait_until(lambda: fd_count(pid) <= base + 1, 40, "mailshim to release its fds")
+    except HarnessError as e:
+        fds = sorted(os.readlink("/proc/%d/fd/%s" % (pid, f))
+                     for f in os.listdir("/proc/%d/fd" % pid))
+        raise HarnessError("%s: %d fds (base %d): %s\nstderr:\n%s" % (
+            e, len(fds), base, fds, tail(shim.stderr_text()))) from None
     tid, msg = make_message(20000, 20, "mixed")
     r = swaks(port, data=msg, workdir=workdir, timeout=20)
     assert r.rc == 0, r
