@@ -1118,6 +1118,49 @@ def s_client(port, script=(), starttls=False, version=None, cafile=None, ciphers
                          b"".join(err).decode("utf-8", "replace"))
 
 
+def s_client_session(port, sess_out=None, sess_in=None, version=None):
+    """One implicit-TLS session with openssl s_client: greeting, QUIT (after
+    a moment, so TLS 1.3 tickets arrive first). Returns s_client's output,
+    which says 'New' or 'Reused' for the handshake. version: 'tls1_2'..."""
+    argv = ["openssl", "s_client", "-connect", "127.0.0.1:%d" % port, "-servername",
+            "shim.test", "-ign_eof", "-nocommands"]
+    if version:
+        argv.append("-" + version)
+    if sess_out:
+        argv += ["-sess_out", str(sess_out)]
+    if sess_in:
+        argv += ["-sess_in", str(sess_in)]
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT)
+    out = b""
+    deadline = time.monotonic() + 10
+    os.set_blocking(p.stdout.fileno(), False)
+    sent = False
+    while time.monotonic() < deadline and p.poll() is None:
+        try:
+            chunk = p.stdout.read() or b""
+        except BlockingIOError:
+            chunk = b""
+        out += chunk
+        if not sent and re.search(rb"(?m)^220 ", out):
+            time.sleep(0.1)          # let TLS 1.3 tickets arrive before QUIT
+            p.stdin.write(b"QUIT\r\n")
+            p.stdin.flush()
+            sent = True
+        time.sleep(0.02)
+    if p.poll() is None:
+        p.kill()
+    p.wait()
+    try:
+        out += p.stdout.read() or b""
+    except (BlockingIOError, ValueError):
+        pass
+    text = out.decode("utf-8", "replace")
+    if "221" not in text:
+        raise HarnessError("s_client session did not end with 221:\n" + text[-2000:])
+    return text
+
+
 class SmtpConn:
     """A hand-driven SMTP client connection (plain, or implicit TLS) for
     tests that need to see single replies, EOF and timing."""

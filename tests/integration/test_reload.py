@@ -90,7 +90,7 @@ import time
 
 import pytest
 
-from harness import HarnessError, proc_tree
+from harness import HarnessError, proc_tree, s_client_session
 
 
 def workers(shim):
@@ -202,46 +202,6 @@ def test_reload_with_root_only_keys_switches_every_worker(nobody_shim, pki):
     lines = shim.wait_log(count=before + 30)[before:]
     served_by = {serving_worker(shim, d["conn"], new_workers) for d in lines}
     assert served_by == set(new_workers), (served_by, new_workers)
-
-
-def s_client_session(port, sess_out=None, sess_in=None):
-    """One implicit-TLS session with openssl s_client: greeting, QUIT.
-    Returns s_client's output (it says 'Reused' for a resumed session)."""
-    argv = ["openssl", "s_client", "-connect", "127.0.0.1:%d" % port, "-servername",
-            "shim.test", "-ign_eof", "-nocommands"]
-    if sess_out:
-        argv += ["-sess_out", sess_out]
-    if sess_in:
-        argv += ["-sess_in", sess_in]
-    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT)
-    out = b""
-    deadline = time.monotonic() + 10
-    os.set_blocking(p.stdout.fileno(), False)
-    sent = False
-    while time.monotonic() < deadline and p.poll() is None:
-        try:
-            chunk = p.stdout.read() or b""
-        except BlockingIOError:
-            chunk = b""
-        out += chunk
-        if not sent and re.search(rb"(?m)^220 ", out):
-            time.sleep(0.1)          # let TLS 1.3 tickets arrive before QUIT
-            p.stdin.write(b"QUIT\r\n")
-            p.stdin.flush()
-            sent = True
-        time.sleep(0.02)
-    if p.poll() is None:
-        p.kill()
-    p.wait()
-    try:
-        out += p.stdout.read() or b""
-    except (BlockingIOError, ValueError):
-        pass
-    text = out.decode("utf-8", "replace")
-    if "221" not in text:
-        raise HarnessError("s_client session did not end with 221:\n" + text[-2000:])
-    return text
 
 
 def test_session_resumes_on_every_worker_and_after_reload(nobody_shim, pki, workdir):

@@ -8,12 +8,10 @@ import base64
 import os
 import re
 import signal
-import subprocess
-import time
 
 import pytest
 
-from harness import HarnessError, Shim, run_shim, service, wait_until
+from harness import Shim, run_shim, s_client_session, service, wait_until
 
 
 def key(size):
@@ -33,39 +31,7 @@ def write_base64(path, *keys):
 def session(port, version, sess_out=None, sess_in=None):
     """One implicit-TLS session with openssl s_client (greeting, QUIT);
     returns 'New' or 'Reused' as s_client reports the handshake."""
-    argv = ["openssl", "s_client", "-connect", "127.0.0.1:%d" % port, "-servername",
-            "shim.test", "-ign_eof", "-nocommands", "-" + version]
-    if sess_out:
-        argv += ["-sess_out", str(sess_out)]
-    if sess_in:
-        argv += ["-sess_in", str(sess_in)]
-    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT)
-    out = b""
-    deadline = time.monotonic() + 10
-    os.set_blocking(p.stdout.fileno(), False)
-    sent = False
-    while time.monotonic() < deadline and p.poll() is None:
-        try:
-            out += p.stdout.read() or b""
-        except BlockingIOError:
-            pass
-        if not sent and re.search(rb"(?m)^220 ", out):
-            time.sleep(0.1)          # TLS 1.3 tickets come after the handshake
-            p.stdin.write(b"QUIT\r\n")
-            p.stdin.flush()
-            sent = True
-        time.sleep(0.02)
-    if p.poll() is None:
-        p.kill()
-    p.wait()
-    try:
-        out += p.stdout.read() or b""
-    except (BlockingIOError, ValueError):
-        pass
-    text = out.decode("utf-8", "replace")
-    if not re.search(r"(?m)^221 ", text):
-        raise HarnessError("s_client session did not end with 221:\n" + text[-2000:])
+    text = s_client_session(port, sess_out, sess_in, version)
     m = re.search(r"(?m)^(New|Reused), (TLSv1\.[23])", text)
     assert m, text[-2000:]
     assert m.group(2) == {"tls1_2": "TLSv1.2", "tls1_3": "TLSv1.3"}[version], text[-2000:]
