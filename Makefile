@@ -34,7 +34,7 @@ endif
 PURE     := buf config smtp_client smtp_server smtp_setup smtp_xclient proxy reason \
             dane http metrics tickets route
 # The rest: sockets, TLS, events.
-IO       := main listener conn endpoint relay tls verify log dns upname uplookup \
+IO       := main listener conn endpoint sockbio relay tls verify log dns upname uplookup \
             metricsd handshake proxyin upsetup upxclient mxsess mxhop
 OBJS     := $(addprefix $(B)/,$(addsuffix .o,$(PURE) $(IO)))
 EV_O     := $(B)/ev.o

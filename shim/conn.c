@@ -368,8 +368,7 @@ static int client_handshake(struct conn *c)
 
 static int client_tls_start(struct conn *c)
 {
-	c->cl.ssl = tls_new_listen(&c->svc->tls, c->cl.fd);
-	if (c->cl.ssl == NULL)
+	if (ep_tls(&c->cl, tls_new_listen(&c->svc->tls)) < 0)
 		return close_now(c, R_CL_TLS_START, NULL);
 	hs_watch(&c->cl);
 	c->hs_start[MH_LISTEN] = ev_now(c->w->loop);
@@ -390,8 +389,8 @@ static int client_starttls(struct conn *c)
 
 static int upstream_tls_start(struct conn *c)
 {
-	c->up.ssl = tls_new_upstream(&c->svc->tls, c->up.fd, uplookup_sni(&c->ul));
-	if (c->up.ssl == NULL || verify_attach(c->up.ssl, &c->verify) < 0)
+	if (ep_tls(&c->up, tls_new_upstream(&c->svc->tls, uplookup_sni(&c->ul))) < 0 ||
+	    verify_attach(c->up.ssl, &c->verify) < 0)
 		return fail_now(c, R_UP_TLS_START, NULL);
 	hs_watch(&c->up);
 	c->hs_start[MH_UPSTREAM] = ev_now(c->w->loop);
@@ -958,8 +957,10 @@ static int relay_turn(struct conn *c)
 	    (pump_unseen(&c->u2c) > 0 || smtp_pending(&c->smtp) > 0))
 		return fail_now(c, R_UP_GONE, NULL);
 	if (c->cl_state == CL_READY) {
-		progress |= pump_finish(&c->c2u, &c->up, c->c2u_more);
-		progress |= pump_finish(&c->u2c, &c->cl, true);
+		progress |= pump_finish(&c->c2u, &c->up, c->c2u_more,
+		    c->u2c.eof && c->cl.shut);
+		progress |= pump_finish(&c->u2c, &c->cl, true,
+		    c->c2u.eof && c->up.shut);
 	}
 	if (c->c2u.eof && c->u2c.eof && c->up.shut && c->cl.shut)
 		return close_now(c, R_NONE, NULL);
@@ -999,7 +1000,7 @@ static int final_turn(struct conn *c)
 		return close_now(c, c->why, c->detail);
 	if (pump_approved(&c->u2c) > 0 || c->cl.wr_wait != 0)
 		return r > 0;
-	r = ep_shutdown(&c->cl);
+	r = ep_shutdown(&c->cl, true);
 	if (r == EP_AGAIN)
 		return 0;
 	if (r == EP_ERROR)
@@ -1230,7 +1231,6 @@ void conn_start(struct worker *w, struct svc_rt *svc, int fd,
 {
 	const struct service *s = svc->svc;
 	struct conn *c;
-	int one = 1;
 
 	if (s->upstream_mx) {
 		mxsess_start(w, svc, fd, peer, peerlen);
@@ -1254,7 +1254,6 @@ void conn_start(struct worker *w, struct svc_rt *svc, int fd,
 	ev_init(&c->cl.io, cl_io_cb);
 	ep_init(&c->up, -1);
 	ev_init(&c->timer, timer_cb);
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	smtp_init(&c->smtp, listen_mode(s->listen_tls), config_plain_allowed(s, peer),
 	    s->upstream_tls == MODE_STARTTLS);
 	if (s->upstream_xclient)

@@ -4,6 +4,7 @@
 #endif
 
 #include "endpoint.h"
+#include "sockbio.h"
 
 #include <errno.h>
 #include <sys/socket.h>
@@ -20,6 +21,26 @@ void ep_init(struct endpoint *e, int fd)
 	e->shut = false;
 	e->err = 0;
 	e->peer_version = 0;
+	e->drained = false;
+	e->ahead = NULL;
+	e->ahead_off = e->ahead_len = 0;
+}
+
+int ep_tls(struct endpoint *e, SSL *ssl)
+{
+	BIO *bio;
+
+	e->ssl = NULL;
+	if (ssl == NULL)
+		return -1;
+	if ((bio = sockbio_new(e)) == NULL) {
+		SSL_free(ssl);
+		return -1;
+	}
+	/* One BIO for both directions: SSL takes the one reference. */
+	SSL_set_bio(ssl, bio, bio);
+	e->ssl = ssl;
+	return 0;
 }
 
 /* Map a TLS failure: which event to wait for, or EOF/error. */
@@ -111,7 +132,7 @@ int ep_handshake(struct endpoint *e)
 	return r == 0 ? EP_ERROR : r;
 }
 
-int ep_shutdown(struct endpoint *e)
+int ep_shutdown(struct endpoint *e, bool fin)
 {
 	if (e->shut)
 		return 0;
@@ -127,7 +148,7 @@ int ep_shutdown(struct endpoint *e)
 		}
 	}
 	e->shut = true;
-	if (shutdown(e->fd, SHUT_WR) < 0 && errno != ENOTCONN) {
+	if (fin && shutdown(e->fd, SHUT_WR) < 0 && errno != ENOTCONN) {
 		e->err = errno;
 		return EP_ERROR;
 	}
@@ -136,7 +157,7 @@ int ep_shutdown(struct endpoint *e)
 
 bool ep_pending(const struct endpoint *e)
 {
-	return e->ssl != NULL && SSL_pending(e->ssl) > 0;
+	return e->ssl != NULL && (SSL_pending(e->ssl) > 0 || sockbio_buffered(e));
 }
 
 int ep_want(const struct endpoint *e, bool rd, bool wr)
@@ -154,6 +175,7 @@ int ep_want(const struct endpoint *e, bool rd, bool wr)
 void ep_ready(struct endpoint *e, int revents)
 {
 	if (revents & EV_READ) {
+		sockbio_readable(e);
 		if (e->rd_wait == EV_READ)
 			e->rd_wait = 0;
 		if (e->wr_wait == EV_READ)
@@ -189,6 +211,7 @@ void ep_close(struct endpoint *e, struct ev_loop *loop)
 		SSL_free(e->ssl);
 		e->ssl = NULL;
 	}
+	sockbio_release(e);
 	close(e->fd);
 	e->fd = -1;
 }

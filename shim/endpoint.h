@@ -33,10 +33,16 @@ struct endpoint {
 	bool shut;              /* our write side is shut down */
 	int err;                /* errno of the last failure, for the log */
 	uint16_t peer_version;  /* highest TLS version the peer's hello offered */
+	bool drained;           /* TLS: the last socket read emptied it */
+	uint32_t ahead_off, ahead_len;
+	uint8_t *ahead;         /* TLS: bytes read ahead of the library (sockbio) */
 	ev_io io;
 };
 
 void ep_init(struct endpoint *e, int fd);
+/* Put TLS on the endpoint's socket; ssl NULL or a failure frees ssl and
+ * returns -1 with e->ssl NULL. */
+int ep_tls(struct endpoint *e, SSL *ssl);
 
 /* >0 bytes read, 0 end of stream, EP_AGAIN or EP_ERROR. */
 ssize_t ep_read(struct endpoint *e, void *p, size_t n);
@@ -44,9 +50,11 @@ ssize_t ep_read(struct endpoint *e, void *p, size_t n);
 ssize_t ep_write(struct endpoint *e, const void *p, size_t n);
 /* 1 when the handshake is complete, EP_AGAIN or EP_ERROR. */
 int ep_handshake(struct endpoint *e);
-/* Send close_notify (TLS) and FIN. 0 done, EP_AGAIN, EP_ERROR. */
-int ep_shutdown(struct endpoint *e);
-/* Decrypted bytes buffered inside the TLS layer (no fd event for them). */
+/* Send close_notify (TLS) and, when fin, FIN (false: the socket is closed
+ * right after, and close() sends the FIN). 0 done, EP_AGAIN, EP_ERROR. */
+int ep_shutdown(struct endpoint *e, bool fin);
+/* Bytes buffered inside the TLS layer or read ahead of it (no fd event
+ * will announce them). */
 bool ep_pending(const struct endpoint *e);
 /* The events to watch for a read (rd) and a write (wr): what the last
  * attempt waited for, else the plain one. */

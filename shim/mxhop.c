@@ -25,7 +25,7 @@ void mx_up_close(struct mxsess *s, bool quit)
 		if (quit && s->up_state >= U_GREET && s->up_state != U_HS &&
 		    pump_approved(&s->uout) == 0) {
 			(void)ep_write(&s->up, "QUIT\r\n", 6);
-			(void)ep_shutdown(&s->up);
+			(void)ep_shutdown(&s->up, false);
 		}
 		ep_close(&s->up, s->w->loop);
 	}
@@ -339,8 +339,8 @@ static int addr_connect(struct mxsess *s)
 
 static int tls_start(struct mxsess *s)
 {
-	s->up.ssl = tls_new_upstream(&s->svc->tls, s->up.fd, s->host);
-	if (s->up.ssl == NULL || verify_attach(s->up.ssl, &s->verify) < 0)
+	if (ep_tls(&s->up, tls_new_upstream(&s->svc->tls, s->host)) < 0 ||
+	    verify_attach(s->up.ssl, &s->verify) < 0)
 		return host_fail(s, R_UP_TLS_START, NULL);
 	hs_watch(&s->up);
 	mx_up_enter(s, U_HS);

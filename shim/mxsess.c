@@ -460,8 +460,7 @@ static int client_io(struct mxsess *s)
 		if (pump_approved(&s->cout) > 0)
 			return r > 0;
 		pump_free(&s->cin);
-		s->cl.ssl = tls_new_listen(&s->svc->tls, s->cl.fd);
-		if (s->cl.ssl == NULL) {
+		if (ep_tls(&s->cl, tls_new_listen(&s->svc->tls)) < 0) {
 			sess_close(s, R_CL_TLS_START, NULL);
 			return GONE;
 		}
@@ -506,7 +505,7 @@ static int client_io(struct mxsess *s)
 	}
 	progress |= r > 0;
 	if (s->cl_state == CL_CLOSING && pump_approved(&s->cout) == 0) {
-		if (ep_shutdown(&s->cl) == EP_AGAIN)
+		if (ep_shutdown(&s->cl, true) == EP_AGAIN)
 			return progress;
 		s->cl_state = CL_LINGER;
 		s->cl.rd_wait = 0;
@@ -651,7 +650,7 @@ void mxsess_start(struct worker *w, struct svc_rt *svc, int fd,
 {
 	const struct service *sv = svc->svc;
 	struct mxsess *s = calloc(1, sizeof(*s));
-	int one = 1, r;
+	int r;
 
 	if (s == NULL) {
 		log_msg(LEVEL_WARN, "out of memory: dropping a client of service %s", sv->name);
@@ -672,7 +671,6 @@ void mxsess_start(struct worker *w, struct svc_rt *svc, int fd,
 	ep_init(&s->up, -1);
 	ev_init(&s->timer, timer_cb);
 	ev_idle_init(&s->again, again_cb);
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	s->next = w->mx_live;
 	if (w->mx_live != NULL)
 		w->mx_live->prev = s;
@@ -681,8 +679,7 @@ void mxsess_start(struct worker *w, struct svc_rt *svc, int fd,
 	if (w->active != NULL)
 		metrics_gauge(w->active, 1);
 	if (sv->listen_tls == MODE_IMPLICIT) {
-		s->cl.ssl = tls_new_listen(&svc->tls, fd);
-		if (s->cl.ssl == NULL) {
+		if (ep_tls(&s->cl, tls_new_listen(&svc->tls)) < 0) {
 			sess_close(s, R_CL_TLS_START, NULL);
 			return;
 		}

@@ -103,7 +103,7 @@ static bool end_ready(const struct pump *p, const struct endpoint *dst, bool par
 	    (partial || pump_unseen(p) == 0);
 }
 
-int pump_finish(struct pump *p, struct endpoint *dst, bool partial)
+int pump_finish(struct pump *p, struct endpoint *dst, bool partial, bool last)
 {
 	int r;
 
@@ -112,7 +112,7 @@ int pump_finish(struct pump *p, struct endpoint *dst, bool partial)
 	if (pump_unseen(p) > 0)
 		buf_cut(p->b, pump_unseen(p));
 	/* A failed FIN means the peer is gone: the next read tells. */
-	r = ep_shutdown(dst);
+	r = ep_shutdown(dst, !last);
 	return r == EP_AGAIN ? 0 : 1;
 }
 

@@ -50,9 +50,11 @@ bool pump_can_read(const struct pump *p);
  * partial (half a line that can never be completed), else they hold the
  * end back until the SMTP layer has decided on them. Returns 1 when the
  * destination was shut now, 0 when nothing could be done yet (EP_AGAIN
- * leaves the event to wait for in dst->wr_wait).
+ * leaves the event to wait for in dst->wr_wait). last: the other
+ * direction is over too and the session closes next, so the FIN is left
+ * to close().
  */
-int pump_finish(struct pump *p, struct endpoint *dst, bool partial);
+int pump_finish(struct pump *p, struct endpoint *dst, bool partial, bool last);
 /* Can a write event make progress: approved bytes, or an end to pass on
  * that nothing holds back? */
 bool pump_wants_write(const struct pump *p, const struct endpoint *dst, bool partial);

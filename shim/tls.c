@@ -582,21 +582,17 @@ void tls_free(struct svc_tls *t)
 	memset(t, 0, sizeof(*t));
 }
 
-SSL *tls_new_listen(const struct svc_tls *t, int fd)
+SSL *tls_new_listen(const struct svc_tls *t)
 {
 	SSL *ssl = SSL_new(t->listen[0]);
 
 	if (ssl == NULL)
 		return NULL;
-	if (!SSL_set_fd(ssl, fd)) {
-		SSL_free(ssl);
-		return NULL;
-	}
 	SSL_set_accept_state(ssl);
 	return ssl;
 }
 
-SSL *tls_new_upstream(struct svc_tls *t, int fd, const char *sni)
+SSL *tls_new_upstream(struct svc_tls *t, const char *sni)
 {
 	const struct service *svc = t->svc;
 	SSL *ssl = SSL_new(t->upstream);
@@ -605,8 +601,7 @@ SSL *tls_new_upstream(struct svc_tls *t, int fd, const char *sni)
 		return NULL;
 	if (sni == NULL)
 		sni = svc->upstream_name;
-	if (!SSL_set_fd(ssl, fd) ||
-	    (!is_ip(sni) && !SSL_set_tlsext_host_name(ssl, sni))) {
+	if (!is_ip(sni) && !SSL_set_tlsext_host_name(ssl, sni)) {
 		SSL_free(ssl);
 		return NULL;
 	}

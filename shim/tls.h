@@ -56,11 +56,12 @@ struct tickets *tls_tickets_load(const struct config *cfg, FILE *err);
 void tls_tickets_free(struct tickets *tk);
 void tls_free(struct svc_tls *t);
 
-/* A server-side SSL on fd for the listen hop; NULL on failure. */
-SSL *tls_new_listen(const struct svc_tls *t, int fd);
-/* A client-side SSL on fd for the upstream hop, SNI sni (NULL:
- * upstream_name); NULL on failure. */
-SSL *tls_new_upstream(struct svc_tls *t, int fd, const char *sni);
+/* A server-side SSL for the listen hop, not yet on a socket (ep_tls);
+ * NULL on failure. */
+SSL *tls_new_listen(const struct svc_tls *t);
+/* A client-side SSL for the upstream hop, SNI sni (NULL: upstream_name),
+ * not yet on a socket; NULL on failure. */
+SSL *tls_new_upstream(struct svc_tls *t, const char *sni);
 
 /* Why a handshake failed, in plain words (verification result first). */
 const char *tls_handshake_error(SSL *ssl, char *buf, size_t len);
