@@ -411,6 +411,7 @@ class Soak:
                       for m in needed}
         ports_by_t = {t: self.ports.get() for t in p.translations}
         self.shim = self.start_shim(shim_config(ports_by_t, self.sinks, self.pki))
+        self.settle()
         self.sanitized = sanitizer_build(self.shim.binary)
         if self.sanitized:
             self.say("soak: %s is an AddressSanitizer build: RSS is reported, not checked "
@@ -456,6 +457,19 @@ class Soak:
 
     def service_lines(self, name):
         return [d for d in self.shim.log_lines() if d.get("service") == name]
+
+    def settle(self):
+        """Workers open their loop's descriptors just after they appear:
+        the baseline fd count is taken once it has held still for 1 s."""
+        deadline = time.monotonic() + 10
+        last, since = None, time.monotonic()
+        while time.monotonic() < deadline:
+            n = self.shim.fd_count()
+            if n != last:
+                last, since = n, time.monotonic()
+            elif time.monotonic() - since >= 1.0:
+                return
+            time.sleep(0.1)
 
     def wait_closed(self, r, sessions_so_far, fd_baseline):
         """Wait until the shim logged every session so far and its fd count
