@@ -588,6 +588,10 @@ SSL *tls_new_listen(const struct svc_tls *t)
 
 	if (ssl == NULL)
 		return NULL;
+	/* What only the handshake needs (certificates, cipher lists, the
+	 * callbacks' settings) is freed once it is done: an idle session
+	 * keeps just the keys and what the log and PROXY header report. */
+	SSL_set_shed_handshake_config(ssl, 1);
 	SSL_set_accept_state(ssl);
 	return ssl;
 }

@@ -14,7 +14,7 @@ static struct uplookup *of_wait(struct upname_wait *w)
 	return (struct uplookup *)(void *)((char *)w - offsetof(struct uplookup, wait));
 }
 
-static void tlsa_ask(struct uplookup *ul, const char *host);
+static int tlsa_at(struct uplookup *ul, const char *host);
 
 static void on_tlsa(const struct dns_answer *a, void *arg)
 {
@@ -37,12 +37,12 @@ static void on_tlsa(const struct dns_answer *a, void *arg)
 		/* Secure denial at the expanded name: the configured one next. */
 		if (!ul->orig_tried && strcasecmp(ul->base, ul->svc->upstream_host) != 0) {
 			ul->orig_tried = true;
-			snprintf(ul->base, sizeof(ul->base), "%s", ul->svc->upstream_host);
-			tlsa_ask(ul, ul->base);
-			if (ul->tlsa != NULL)
+			if (tlsa_at(ul, ul->svc->upstream_host) == 0)
 				return;
+			/* Not asked: a failed lookup (set by tlsa_at), never "none". */
+		} else {
+			verify_set_tlsa_state(v, TLSA_NONE, "no TLSA records");
 		}
-		verify_set_tlsa_state(v, TLSA_NONE, "no TLSA records");
 	} else {
 		for (size_t i = 0; i < a->nrr && n < 64; i++, n++) {
 			rd[n] = a->rr[i].data;
@@ -53,14 +53,21 @@ static void on_tlsa(const struct dns_answer *a, void *arg)
 	ul->wake(ul);
 }
 
-static void tlsa_ask(struct uplookup *ul, const char *host)
+/* Ask for the TLSA records at base name host: 0 asked, -1 not (the
+ * outcome is then a failed lookup). */
+static int tlsa_at(struct uplookup *ul, const char *host)
 {
 	char q[300];
 
-	snprintf(q, sizeof(q), "_%s._tcp.%s", ul->svc->upstream_port, host);
-	ul->tlsa = dns_lookup(ul->dns, q, DNS_TYPE_TLSA, on_tlsa, ul);
-	if (ul->tlsa == NULL)
-		verify_set_tlsa_state(ul->v, TLSA_FAILED, "out of memory for a DNS lookup");
+	free(ul->base);
+	if ((ul->base = strdup(host)) != NULL) {
+		snprintf(q, sizeof(q), "_%s._tcp.%s", ul->svc->upstream_port, host);
+		ul->tlsa = dns_lookup(ul->dns, q, DNS_TYPE_TLSA, on_tlsa, ul);
+		if (ul->tlsa != NULL)
+			return 0;
+	}
+	verify_set_tlsa_state(ul->v, TLSA_FAILED, "out of memory for a DNS lookup");
+	return -1;
 }
 
 /* The addresses are in: decide about TLSA while the session connects. */
@@ -76,8 +83,7 @@ static int ready(struct uplookup *ul, struct fail *f)
 		verify_set_tlsa_state(ul->v, TLSA_NONE, "address records not DNSSEC-signed");
 		return UPLOOKUP_READY;
 	}
-	snprintf(ul->base, sizeof(ul->base), "%s", u->canon);
-	tlsa_ask(ul, ul->base);
+	(void)tlsa_at(ul, u->canon);
 	(void)f;
 	return UPLOOKUP_READY;
 }
@@ -133,7 +139,7 @@ const struct sockaddr_storage *uplookup_next(struct uplookup *ul)
 const char *uplookup_sni(const struct uplookup *ul)
 {
 	/* RFC 7672 2.2.3 (8.1 for MX): SNI is the TLSA base name. */
-	return ul->dane && ul->base[0] ? ul->base : NULL;
+	return ul->dane && ul->base != NULL ? ul->base : NULL;
 }
 
 void uplookup_free(struct uplookup *ul)
@@ -141,4 +147,6 @@ void uplookup_free(struct uplookup *ul)
 	upname_cancel(&ul->wait);
 	dns_cancel(ul->tlsa);
 	ul->tlsa = NULL;
+	free(ul->base);
+	ul->base = NULL;
 }

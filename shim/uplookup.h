@@ -40,7 +40,7 @@ struct uplookup {
 	uint8_t next;                 /* the next address to try */
 	bool dane;                    /* upstream_verify dane or dane-only */
 	bool orig_tried;              /* TLSA at the configured name asked too */
-	char base[256];               /* the TLSA base name in use */
+	char *base;                   /* the TLSA base name in use (DANE only) */
 };
 
 enum { UPLOOKUP_READY, UPLOOKUP_WAIT, UPLOOKUP_FAIL };

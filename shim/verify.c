@@ -197,11 +197,23 @@ out:
 	return ok;
 }
 
+/* Words are kept only by sessions that have some: an idle session
+ * carries no buffer for them. Without memory the reason row still says
+ * what happened. */
+#define DETAIL_MAX 200
+
+static void set_detail(struct verify_session *v, const char *fmt, const char *arg)
+{
+	if (v->detail == NULL && (v->detail = malloc(DETAIL_MAX)) == NULL)
+		return;
+	snprintf(v->detail, DETAIL_MAX, fmt, arg ? arg : "");
+}
+
 static enum verify_fail say(struct verify_session *v, enum verify_fail f,
     const char *fmt, const char *arg)
 {
 	v->fail = (uint8_t)f;
-	snprintf(v->detail, sizeof(v->detail), fmt, arg ? arg : "");
+	set_detail(v, fmt, arg);
 	return f;
 }
 
@@ -385,9 +397,11 @@ void verify_session_free(struct verify_session *v)
 	free(v->rdata);
 	free(v->recs);
 	free(v->base);
+	free(v->detail);
 	v->rdata = NULL;
 	v->recs = NULL;
 	v->base = NULL;
+	v->detail = NULL;
 	v->nrecs = 0;
 }
 
@@ -431,5 +445,5 @@ void verify_set_tlsa_state(struct verify_session *v, enum verify_tlsa state,
 {
 	v->tlsa = (uint8_t)state;
 	if (detail)
-		snprintf(v->detail, sizeof(v->detail), "%s", detail);
+		set_detail(v, "%s", detail);
 }

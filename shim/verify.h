@@ -66,7 +66,8 @@ struct verify_session {
 	char *base;                   /* TLSA base name (after CNAMEs) */
 	const char *name;             /* the name to verify (an MX host);
 	                                 NULL: upstream_name */
-	char detail[200];             /* plain words for the log */
+	char *detail;                 /* plain words for the log, allocated when
+	                                 there are some (NULL: none) */
 };
 
 /* Set up an upstream context (its CA store already loaded from
