@@ -461,7 +461,9 @@ class Bench:
         self.idle_repeat = env_int("BENCH_IDLE_REPEAT", 1)
         self.rate = env_int("BENCH_RATE", 100)
         self.paced_sessions = env_int("BENCH_PACED_SESSIONS", 100 if quick else 500)
-        self.paced_mib = env_int("BENCH_PACED_MIB", 16 if quick else 64)
+        # 8 s at 32 MiB/s: a paced bulk run spans 15-30 clock ticks of CPU
+        # at 64 MiB, too few to tell two proxies apart.
+        self.paced_mib = env_int("BENCH_PACED_MIB", 16 if quick else 256)
         self.paced_mibps = env_int("BENCH_PACED_MIBPS", 32)
         self.resume_n = env_int("BENCH_RESUME", 200 if quick else 1000)
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
