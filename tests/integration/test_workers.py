@@ -24,6 +24,9 @@ def test_workers_share_listeners_and_restart(make_shim, smtp_sink, ports):
     first = worker_pids(shim)
     for _ in range(6):
         assert swaks(port, quit_after=None).rc == 0
+    # A session is logged once the shim has seen the client close, a
+    # moment after swaks has its 221: all six lines, before the kill.
+    shim.wait_log(lambda d: d.get("result") == "ok", count=6)
     os.kill(first[0], signal.SIGKILL)
     wait_until(lambda: len(worker_pids(shim)) == 2 and first[0] not in worker_pids(shim),
                5, "the killed worker to be replaced")
