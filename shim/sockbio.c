@@ -155,7 +155,8 @@ static int sb_create(BIO *bio)
 	return 1;
 }
 
-int sockbio_init(void)
+/* The method, built once per process. */
+static int sockbio_init(void)
 {
 	if (method != NULL)
 		return 0;

@@ -14,8 +14,6 @@ typedef struct bio_st BIO;
 /* Bytes a read may take beyond what the TLS library asked for. */
 #define SOCKBIO_AHEAD (64 * 1024)
 
-/* Build the BIO method (once per process); 0 or -1. */
-int sockbio_init(void);
 /* A BIO on e's socket, keeping its state in e; NULL on failure. */
 BIO *sockbio_new(struct endpoint *e);
 /* A read event came: the socket may have bytes again. */

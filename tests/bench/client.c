@@ -303,6 +303,18 @@ static void next_step(struct conn *c)
 	}
 }
 
+/* A TLS call's result in io_read/io_write's terms. */
+static int tls_io(struct conn *c, int r)
+{
+	if (r > 0)
+		return r;
+	int e = SSL_get_error(c->ssl, r);
+	if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+		return 0;
+	ERR_clear_error();
+	return -1;
+}
+
 /* Plain or TLS I/O: >0 bytes, 0 would block, -1 failed (closed). */
 static int io_read(struct conn *c, char *b, size_t n)
 {
@@ -312,14 +324,7 @@ static int io_read(struct conn *c, char *b, size_t n)
 			return (int)r;
 		return (r < 0 && (errno == EAGAIN || errno == EINTR)) ? 0 : -1;
 	}
-	int r = SSL_read(c->ssl, b, (int)n);
-	if (r > 0)
-		return r;
-	int e = SSL_get_error(c->ssl, r);
-	if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
-		return 0;
-	ERR_clear_error();
-	return -1;
+	return tls_io(c, SSL_read(c->ssl, b, (int)n));
 }
 
 static int io_write(struct conn *c, const char *b, size_t n)
@@ -330,14 +335,7 @@ static int io_write(struct conn *c, const char *b, size_t n)
 			return (int)r;
 		return (r < 0 && (errno == EAGAIN || errno == EINTR)) ? 0 : -1;
 	}
-	int r = SSL_write(c->ssl, b, (int)n);
-	if (r > 0)
-		return r;
-	int e = SSL_get_error(c->ssl, r);
-	if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
-		return 0;
-	ERR_clear_error();
-	return -1;
+	return tls_io(c, SSL_write(c->ssl, b, (int)n));
 }
 
 static void tls_begin(struct conn *c)

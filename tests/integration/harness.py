@@ -876,6 +876,18 @@ class PrivatePostfix:
                 return line
         return None
 
+    def client_of(self, c, test_id):
+        """Send a short message on smtplib connection c (EHLO, MAIL, RCPT,
+        DATA); once it is delivered, Postfix's client= line for it."""
+        c.ehlo()
+        c.mail("sender@client.test")
+        c.rcpt("rcpt@legacy.test")
+        code, text = c.data(make_message(500, test_id=test_id)[1])
+        assert code == 250, (code, text)
+        qid = self.queue_id(text.decode())
+        self.wait_sent(qid)
+        return self.client_line(qid)
+
 
 # --------------------------------------------------------------------------
 # Hand-written upstreams for relay behaviour

@@ -323,8 +323,14 @@ class Refuser:
                 c, _ = self.sock.accept()
             except OSError:
                 continue
-            c.sendall(b"554 5.3.2 not now\r\n")
+            try:
+                self.serve(c)
+            except OSError:
+                pass
             c.close()
+
+    def serve(self, c):
+        c.sendall(b"554 5.3.2 not now\r\n")
 
     def close(self):
         self.stop = True
@@ -341,32 +347,22 @@ class Stripper(Refuser):
         self.seen = []
         super().__init__(host, port)
 
-    def run(self):
-        while not self.stop:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                continue
-            c.settimeout(3)
-            f = c.makefile("rb")
-            try:
-                c.sendall(b"220 evil ESMTP\r\n")
-                for line in f:
-                    self.seen.append(line)
-                    verb = line[:4].upper()
-                    if verb == b"EHLO":
-                        c.sendall(b"250-evil\r\n250 STARTTLS\r\n")
-                    elif verb == b"STAR":
-                        c.sendall(b"454 4.7.0 not now\r\n" if self.mode == "refuse" else
-                                  b"220 go ahead\r\n250 injected\r\n")
-                    elif verb == b"QUIT":
-                        c.sendall(b"221 bye\r\n")
-                        break
-                    else:
-                        c.sendall(b"250 ok\r\n")
-            except OSError:
-                pass
-            c.close()
+    def serve(self, c):
+        c.settimeout(3)
+        c.sendall(b"220 evil ESMTP\r\n")
+        for line in c.makefile("rb"):
+            self.seen.append(line)
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                c.sendall(b"250-evil\r\n250 STARTTLS\r\n")
+            elif verb == b"STAR":
+                c.sendall(b"454 4.7.0 not now\r\n" if self.mode == "refuse" else
+                          b"220 go ahead\r\n250 injected\r\n")
+            elif verb == b"QUIT":
+                c.sendall(b"221 bye\r\n")
+                break
+            else:
+                c.sendall(b"250 ok\r\n")
 
 
 def test_mx_lookup_failing_defers(scene, make_shim, ports):

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from harness import make_message, s_client, service, tail, wait_until
+from harness import s_client, service, tail, wait_until
 
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 
@@ -226,13 +226,6 @@ def test_postfix_reads_the_header_with_tls_tlvs(make_shim, ports, pki, postfix):
     ctx.check_hostname = False     # smtplib names the host 127.0.0.1
     with smtplib.SMTP_SSL("127.0.0.1", port, local_hostname="client.test", timeout=10,
                           context=ctx, source_address=("127.0.0.7", 0)) as c:
-        c.ehlo()
-        c.mail("sender@client.test")
-        c.rcpt("rcpt@legacy.test")
-        code, text = c.data(make_message(500, test_id="pf-proxy-tls")[1])
-    assert code == 250, (code, text)
-    qid = pf.queue_id(text.decode())
-    pf.wait_sent(qid)
-    line = pf.client_line(qid)
+        line = pf.client_of(c, "pf-proxy-tls")
     assert line and "[127.0.0.7]" in line, (line, tail(pf.maillog()))
     assert "[127.0.0.1]" not in line
