@@ -201,6 +201,116 @@ def tail(path, n=20):
 
 
 # --------------------------------------------------------------------------
+# CPU caps: one cgroup per process, for the scaling figure
+
+class CpuCaps:
+    """Holds chosen processes to a fixed share of one CPU each, one cgroup
+    per process (v2 cpu.max, or v1 cpu.cfs_quota_us). On a 2-CPU machine
+    the load client needs more CPU per session than the proxy, so 1 -> 2
+    workers uncapped measures the machine; with each worker held to a
+    quarter of a CPU, the client has room for both and the ratio measures
+    how the proxy spreads its load over its workers."""
+    PERIOD_US = 20000
+
+    def __init__(self):
+        self.base = None
+        self.v2 = False
+        self.why = None
+        self.groups = []
+        try:
+            self._find()
+        except OSError as e:
+            self.why = "cgroups: %s" % e
+            self.base = None
+
+    def _find(self):
+        root = "/sys/fs/cgroup"
+        if os.path.exists(os.path.join(root, "cgroup.controllers")):
+            with open(os.path.join(root, "cgroup.controllers")) as f:
+                if "cpu" not in f.read().split():
+                    self.why = "cgroup v2 without the cpu controller"
+                    return
+            with open(os.path.join(root, "cgroup.subtree_control")) as f:
+                if "cpu" not in f.read().split():
+                    with open(os.path.join(root, "cgroup.subtree_control"), "w") as w:
+                        w.write("+cpu")
+            self.v2 = True
+            mount = root
+        else:
+            mount = None
+            with open("/proc/mounts") as f:
+                for line in f:
+                    dev, path, fstype, opts = line.split()[:4]
+                    if fstype == "cgroup" and "cpu" in opts.split(","):
+                        mount = path
+                        break
+            if mount is None:
+                self.why = "no cgroup with the cpu controller is mounted"
+                return
+        base = os.path.join(mount, "mailshim-bench.%d" % os.getpid())
+        os.mkdir(base)
+        self.base = base
+        if self.v2:
+            with open(os.path.join(base, "cgroup.subtree_control"), "w") as w:
+                w.write("+cpu")
+
+    def cap(self, pid, share):
+        """Moves pid (all its threads) into a group of its own that may use
+        share of one CPU."""
+        if self.base is None:
+            raise BenchError("cannot cap CPU: %s" % self.why)
+        g = os.path.join(self.base, "p%d" % pid)
+        os.mkdir(g)
+        self.groups.append(g)
+        quota = max(1000, int(share * self.PERIOD_US))
+        if self.v2:
+            files = [("cpu.max", "%d %d" % (quota, self.PERIOD_US))]
+        else:
+            files = [("cpu.cfs_period_us", str(self.PERIOD_US)),
+                     ("cpu.cfs_quota_us", str(quota))]
+        for name, value in files + [("cgroup.procs", str(pid))]:
+            with open(os.path.join(g, name), "w") as f:
+                f.write(value)
+
+    def throttled(self):
+        """Periods in which a capped group ran out of its quota, summed."""
+        n = 0
+        for g in self.groups:
+            try:
+                with open(os.path.join(g, "cpu.stat")) as f:
+                    for line in f:
+                        k, v = line.split()
+                        if k == "nr_throttled":
+                            n += int(v)
+            except OSError:
+                pass
+        return n
+
+    def release(self):
+        """Removes the groups of processes that have exited (a group's last
+        task may take a moment to leave)."""
+        for g in self.groups:
+            for _ in range(50):
+                try:
+                    os.rmdir(g)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.1)
+        self.groups = []
+
+    def close(self):
+        self.release()
+        if self.base is not None:
+            try:
+                os.rmdir(self.base)
+            except OSError:
+                pass
+            self.base = None
+
+
+# --------------------------------------------------------------------------
 # the proxies
 
 class Proxy:
@@ -245,6 +355,24 @@ class Proxy:
         if self.proc is not None:
             stop(self.proc)
             self.proc = None
+
+    helpers = 0   # child processes that are not workers
+
+    def worker_shares(self):
+        """[(pid, CPUs)] of the processes doing the work: by default the
+        children of the first process, one worker each (a helper child
+        gets a share too, which it does not use)."""
+        want = self.workers + self.helpers
+        deadline = time.monotonic() + 10
+        while True:
+            kids = [p for p in proc_tree(self.proc.pid) if p != self.proc.pid]
+            if len(kids) >= want or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if len(kids) != want:
+            raise BenchError("%s: expected %d child processes, found %d"
+                             % (self.name, want, len(kids)))
+        return [(p, 1) for p in kids]
 
 
 class Mailshim(Proxy):
@@ -335,6 +463,7 @@ sslVersionMin = TLSv1.2
 
 class Hitch(Proxy):
     name = "hitch"
+    helpers = 1   # the OCSP stapling process beside the workers
 
     def argv_and_config(self, d):
         path = os.path.join(d, "hitch.conf")
@@ -385,6 +514,10 @@ backend upstream
 """)
         return [need_bin("haproxy"), "-db", "-f", path]
 
+    def worker_shares(self):
+        # one process, one thread per worker: its group gets a share each
+        return [(self.proc.pid, self.workers)]
+
 
 PROXIES = {"mailshim": Mailshim, "stunnel": Stunnel, "hitch": Hitch, "haproxy": Haproxy}
 
@@ -413,6 +546,9 @@ FIGS = [
     ("sps_w2", "sessions/s saturated, 2 workers", "1/s", "high"),
     ("scaling", "scaling 1 -> 2 workers", "x", "high"),
     ("client_cpu", "load client's CPU/session, 1 worker, saturated", "us", "low"),
+    ("sps_cap1", "sessions/s, 1 worker held to a CPU share", "1/s", "high"),
+    ("sps_cap2", "sessions/s, 2 workers held to a share each", "1/s", "high"),
+    ("scaling_cap", "scaling 1 -> 2 workers, held to a share", "x", "high"),
     ("lat_p50", "added latency per transaction, p50", "ms", "low"),
     ("lat_p99", "added latency per transaction, p99", "ms", "low"),
     ("held", "idle sessions one worker holds", "sessions", "high"),
@@ -472,6 +608,12 @@ class Bench:
         # two descriptors a session, a few dozen for the proxy itself
         self.max_idle = env_int("BENCH_MAX_IDLE", 1000 if quick else max(100, (lim - 64) // 2))
         self.client_limit = env_int("BENCH_CLIENT_TIMEOUT", 120)
+        # Each worker's share of a CPU in the capped scaling figure: two
+        # capped workers and the load client (which needs more CPU per
+        # session than a worker) must fit in the machine with room to spare.
+        self.cap_share = env_int("BENCH_CAP_PERCENT", 25) / 100.0
+        self.cap_sessions = env_int("BENCH_CAP_SESSIONS", 300 if quick else 2000)
+        self.caps = None
         names = os.environ.get("BENCH_PROXIES", "mailshim stunnel hitch haproxy").split()
         for n in names:
             if n not in PROXIES:
@@ -522,9 +664,12 @@ class Bench:
         # never measured.
         self.fixture = Mailshim(self, "fixture", workers=2)
         self.fixture.start("fixture")
+        self.caps = CpuCaps()
 
     def cleanup(self):
         stop_all()
+        if self.caps is not None:
+            self.caps.close()
         if self.tmp and not os.environ.get("BENCH_KEEP_TMP"):
             shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -713,6 +858,29 @@ class Bench:
         finally:
             proxy.stop()
 
+    def measure_capped(self, proxy, rnd):
+        """Sessions/s with each worker held to self.cap_share of a CPU."""
+        proxy.start("cap%d-%d" % (proxy.workers, rnd))
+        try:
+            for pid, n in proxy.worker_shares():
+                self.caps.cap(pid, n * self.cap_share)
+            self.run_client("sessions", proxy.port, 20, 5)
+            t0 = self.caps.throttled()
+            res, cpu = self.cpu_of(proxy, lambda: self.run_client(
+                "sessions", proxy.port, self.cap_sessions, self.conc))
+            secs = max(float(res["secs"]), 1e-6)
+            # A worker that never ran out of its quota was not bound by it:
+            # the figure would measure the machine again.
+            throttled = self.caps.throttled() - t0
+            if throttled == 0:
+                raise BenchError("%s: no worker reached its CPU cap" % proxy.name)
+            self.put(proxy.name, "sps_cap%d" % proxy.workers, self.cap_sessions / secs, rnd,
+                     secs=res["secs"], cpu_share=self.cap_share, throttled=throttled,
+                     cpu_used="%.2f" % (cpu / secs))
+        finally:
+            proxy.stop()
+            self.caps.release()
+
     def idle_sessions(self, proxy, n, strict):
         """Opens n idle sessions; returns (ready, held, pss, rss, base_pss,
         base_rss, procs)."""
@@ -880,6 +1048,12 @@ class Bench:
                     plan.append((cls(self, shape), "cpu " + shape, self.measure_shape))
             if n != "stunnel":   # one thread per connection: no worker count
                 plan.append((cls(self, "implicit", 2), "2 workers", self.measure_workers2))
+                if self.caps.base is not None:
+                    for w in (1, 2):
+                        plan.append((cls(self, "implicit", w), "%d worker(s) capped" % w,
+                                     self.measure_capped))
+        if self.caps.base is None:
+            self.failures.append("CPU-capped scaling: %s" % self.caps.why)
         for rnd in range(1, self.repeat + 1):
             k = (rnd - 1) % len(plan)
             for proxy, what, fn in plan[k:] + plan[:k]:
@@ -901,6 +1075,8 @@ class Bench:
             m = med[n]
             if m["sps_w1"] and m["sps_w2"]:
                 m["scaling"] = m["sps_w2"] / m["sps_w1"]
+            if m["sps_cap1"] and m["sps_cap2"]:
+                m["scaling_cap"] = m["sps_cap2"] / m["sps_cap1"]
         return med
 
     def best_peer(self, med, fig):
@@ -951,7 +1127,10 @@ class Bench:
                 vs_peer(pre + "cpu_mib" + pace, 0.65, "CPU/MiB <= 0.65x best peer, %s, %s"
                         % (shape, "paced" if pace else "saturated"))
         vs_peer("mem_idle", 0.25, "memory/idle session <= 0.25x best peer")
-        check("sessions/s 1 -> 2 workers >= 1.8x", m["scaling"], 1.8, False)
+        check("sessions/s 1 -> 2 workers >= 1.8x, each worker held to %.2f CPU"
+              % self.cap_share, m["scaling_cap"], 1.8, False)
+        check("sessions/s 1 -> 2 workers >= 1.8x, uncapped (load client on the same CPUs)",
+              m["scaling"], 1.8, False)
         check("one worker holds >= 9000 idle sessions", m["held"], 9000, False, unit=" sessions",
               detail="  [tried %d]" % self.max_idle)
         check("p99 added latency <= 1 ms", m["lat_p99"], 1.0, True, unit=" ms")
