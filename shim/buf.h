@@ -17,9 +17,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Four full TLS records: a bulk body costs one plaintext write per 64 KiB
- * (and any SMTP line or EHLO reply fits). */
-#define BUF_CAP (64 * 1024)
+/*
+ * Sixteen full TLS records. A bulk body costs one plaintext write per
+ * 256 KiB: on loopback a system call costs more than copying 64 KiB, so
+ * a MiB of body costs about a third less CPU than with 64 KiB buffers.
+ * Any SMTP line or EHLO reply fits.
+ */
+#ifndef BUF_CAP
+#define BUF_CAP (256 * 1024)
+#endif
+/* Freed buffers a process keeps for reuse (buf.c). */
+#define BUF_POOL 8
 
 struct buf {
 	uint32_t off, fwd, len, cap;

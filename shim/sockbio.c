@@ -18,6 +18,7 @@
 #include <openssl/base.h>
 
 #include "sockbio.h"
+#include "pool.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -35,19 +36,25 @@ static int pooled;
 
 static uint8_t *block_get(void)
 {
-	if (pooled > 0)
-		return pool[--pooled];
-	return malloc(SOCKBIO_AHEAD);
+	uint8_t *b;
+
+	if (pooled == 0)
+		return malloc(SOCKBIO_AHEAD);
+	b = pool[--pooled];
+	POOL_TAKE(b, SOCKBIO_AHEAD);
+	return b;
 }
 
 static void block_put(uint8_t *b)
 {
 	if (b == NULL)
 		return;
-	if (pooled < POOL_MAX)
+	if (pooled < POOL_MAX) {
+		POOL_KEEP(b, SOCKBIO_AHEAD);
 		pool[pooled++] = b;
-	else
+	} else {
 		free(b);
+	}
 }
 
 static void ahead_drop(struct endpoint *e)

@@ -11,8 +11,11 @@
 
 typedef struct bio_st BIO;
 
-/* Bytes a read may take beyond what the TLS library asked for. */
-#define SOCKBIO_AHEAD (64 * 1024)
+/* Bytes a read may take beyond what the TLS library asked for: as much
+ * as a relay buffer holds (buf.h), so one read fills one write. */
+#ifndef SOCKBIO_AHEAD
+#define SOCKBIO_AHEAD (256 * 1024)
+#endif
 
 /* A BIO on e's socket, keeping its state in e; NULL on failure. */
 BIO *sockbio_new(struct endpoint *e);

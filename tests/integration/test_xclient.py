@@ -357,7 +357,7 @@ def test_a_client_pipelining_a_buffer_behind_its_ehlo_is_refused(make_shim, port
     shim, port = start_shim(make_shim, ports, pki, up.port)
     with SmtpConn(port) as c:
         assert c.reply()[0] == 220
-        c.send(b"EHLO client.test\r\n" + b"NOOP\r\n" * 14000)   # 84 KB: past the 64 KiB buffer
+        c.send(b"EHLO client.test\r\n" + b"NOOP\r\n" * 50000)   # 300 KB: past the 256 KiB buffer
         data, closed = c.read_until_closed(10)
     assert closed, data
     d = shim.wait_log()[0]

@@ -2,6 +2,7 @@
 #include <stdlib.h>
 
 #include "buf.h"
+#include "pool.h"
 #include "unit.h"
 
 static void fill(struct buf *b, const char *s)
@@ -72,9 +73,50 @@ static void test_full_and_compact(void)
 	buf_free(b);
 }
 
+/* Freed buffers are kept for reuse: one taken again starts empty, more
+ * than the pool holds at once all work, and under AddressSanitizer a kept
+ * buffer is poisoned (a use after free is still caught). */
+static void test_reuse(void)
+{
+	struct buf *b[BUF_POOL + 4];
+	int i;
+
+	for (i = 0; i < BUF_POOL + 4; i++) {
+		b[i] = buf_new();
+		CHECK(b[i] != NULL);
+		fill(b[i], "DATA\r\n");
+		b[i]->fwd = 6;
+		buf_written(b[i], 2);
+	}
+	for (i = 0; i < BUF_POOL + 4; i++) {
+#ifdef POOL_ASAN
+		uint8_t *p = b[i]->data;
+		buf_free(b[i]);
+		if (i < BUF_POOL)
+			CHECK(__asan_address_is_poisoned(p));
+#else
+		buf_free(b[i]);
+#endif
+	}
+	for (i = 0; i < BUF_POOL + 4; i++) {
+		b[i] = buf_new();
+		CHECK(b[i] != NULL);
+		CHECK_EQ(b[i]->off, 0);
+		CHECK_EQ(b[i]->fwd, 0);
+		CHECK_EQ(b[i]->len, 0);
+		CHECK_EQ(b[i]->cap, BUF_CAP);
+		fill(b[i], "QUIT\r\n");
+		CHECK(region_is(b[i], 0, 6, "QUIT\r\n"));
+	}
+	for (i = 0; i < BUF_POOL + 4; i++)
+		buf_free(b[i]);
+	buf_free(NULL);
+}
+
 int main(void)
 {
 	test_regions();
 	test_full_and_compact();
+	test_reuse();
 	return unit_done("test_buf");
 }
