@@ -625,6 +625,7 @@ class Bench:
         self.fixture = None
         self.raw = []          # lines for results.txt
         self.values = {n: {f[0]: [] for f in FIGS} for n in names + ["direct"]}
+        self.by_round = {}     # (proxy, figure, round): value
         self.values["direct"].update({"txn_p50": [], "txn_p99": []})
         for n in names:
             self.values[n].update({"txn_p50": [], "txn_p99": []})
@@ -753,6 +754,7 @@ class Bench:
 
     def put(self, name, fig, v, rnd, **info):
         self.values[name][fig].append(v)
+        self.by_round[(name, fig, rnd)] = v
         self.raw.append("run=%d proxy=%s figure=%s value=%.3f %s"
                         % (rnd, name, fig, v, " ".join("%s=%s" % kv for kv in info.items())))
 
@@ -1073,10 +1075,16 @@ class Bench:
                for n, d in self.values.items()}
         for n in self.names:
             m = med[n]
-            if m["sps_w1"] and m["sps_w2"]:
-                m["scaling"] = m["sps_w2"] / m["sps_w1"]
-            if m["sps_cap1"] and m["sps_cap2"]:
-                m["scaling_cap"] = m["sps_cap2"] / m["sps_cap1"]
+            # A scaling factor compares the two runs of one round (next to
+            # each other in time, so under the same load on the machine),
+            # then takes the median over the rounds.
+            for fig, one, two in (("scaling", "sps_w1", "sps_w2"),
+                                  ("scaling_cap", "sps_cap1", "sps_cap2")):
+                ratios = [self.by_round[(n, two, r)] / self.by_round[(n, one, r)]
+                          for r in range(1, self.repeat + 1)
+                          if (n, one, r) in self.by_round and (n, two, r) in self.by_round]
+                if ratios:
+                    m[fig] = statistics.median(ratios)
         return med
 
     def best_peer(self, med, fig):
