@@ -1075,9 +1075,9 @@ class Bench:
                for n, d in self.values.items()}
         for n in self.names:
             m = med[n]
-            # A scaling factor compares the two runs of one round (next to
-            # each other in time, so under the same load on the machine),
-            # then takes the median over the rounds.
+            # A scaling factor compares the two runs of one round (closer in
+            # time, so nearer the same load on the machine than two
+            # medians), then takes the median over the rounds.
             for fig, one, two in (("scaling", "sps_w1", "sps_w2"),
                                   ("scaling_cap", "sps_cap1", "sps_cap2")):
                 ratios = [self.by_round[(n, two, r)] / self.by_round[(n, one, r)]
