@@ -31,7 +31,7 @@ BIN      := mailshim
 endif
 
 # Modules with no I/O: unit-tested and fuzzed alone.
-PURE     := buf config smtp_client smtp_server smtp_setup smtp_xclient proxy reason \
+PURE     := buf pool config smtp_client smtp_server smtp_setup smtp_xclient proxy reason \
             dane http metrics tickets route
 # The rest: sockets, TLS, events.
 IO       := main listener conn endpoint sockbio relay tls verify log dns upname uplookup \

@@ -4,26 +4,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-/*
- * Freed buffers wait in a small free list for the next turn that needs
- * one: a buffer this size is past malloc's mmap threshold, and handing it
- * back to the system after every SMTP reply would cost a mapping and its
- * page faults each time. The list is the process's own (a worker is one
- * thread) and holds at most BUF_POOL buffers.
- */
-static struct buf *pool[BUF_POOL];
-static int pooled;
+static struct pool pool = POOL_OF(sizeof(struct buf) + BUF_CAP);
 
 struct buf *buf_new(void)
 {
-	struct buf *b;
+	struct buf *b = pool_get(&pool);
 
-	if (pooled > 0) {
-		b = pool[--pooled];
-		POOL_TAKE(b, sizeof(*b) + BUF_CAP);
-	} else if ((b = malloc(sizeof(*b) + BUF_CAP)) == NULL) {
+	if (b == NULL)
 		return NULL;
-	}
 	b->off = b->fwd = b->len = 0;
 	b->cap = BUF_CAP;
 	return b;
@@ -31,14 +19,7 @@ struct buf *buf_new(void)
 
 void buf_free(struct buf *b)
 {
-	if (b == NULL)
-		return;
-	if (pooled < BUF_POOL) {
-		POOL_KEEP(b, sizeof(*b) + BUF_CAP);
-		pool[pooled++] = b;
-	} else {
-		free(b);
-	}
+	pool_put(&pool, b);
 }
 
 /* Move the live bytes to the front; only when the tail has run out. */

@@ -23,17 +23,14 @@
  * a MiB of body costs about a third less CPU than with 64 KiB buffers.
  * Any SMTP line or EHLO reply fits.
  */
-#ifndef BUF_CAP
 #define BUF_CAP (256 * 1024)
-#endif
-/* Freed buffers a process keeps for reuse (buf.c). */
-#define BUF_POOL 8
 
 struct buf {
 	uint32_t off, fwd, len, cap;
 	uint8_t data[];
 };
 
+/* From a free list of the process (pool.h): an idle session holds none. */
 struct buf *buf_new(void);
 void buf_free(struct buf *b);   /* NULL is a no-op */
 

@@ -28,38 +28,12 @@
 
 #include <openssl/bio.h>
 
-#define POOL_MAX 8
-
 static BIO_METHOD *method;
-static uint8_t *pool[POOL_MAX];
-static int pooled;
-
-static uint8_t *block_get(void)
-{
-	uint8_t *b;
-
-	if (pooled == 0)
-		return malloc(SOCKBIO_AHEAD);
-	b = pool[--pooled];
-	POOL_TAKE(b, SOCKBIO_AHEAD);
-	return b;
-}
-
-static void block_put(uint8_t *b)
-{
-	if (b == NULL)
-		return;
-	if (pooled < POOL_MAX) {
-		POOL_KEEP(b, SOCKBIO_AHEAD);
-		pool[pooled++] = b;
-	} else {
-		free(b);
-	}
-}
+static struct pool blocks = POOL_OF(SOCKBIO_AHEAD);
 
 static void ahead_drop(struct endpoint *e)
 {
-	block_put(e->ahead);
+	pool_put(&blocks, e->ahead);
 	e->ahead = NULL;
 	e->ahead_off = e->ahead_len = 0;
 }
@@ -94,7 +68,7 @@ static int sb_read(BIO *bio, char *out, int n)
 		errno = EAGAIN;
 		return -1;
 	}
-	blk = block_get();
+	blk = pool_get(&blocks);
 	iov[0].iov_base = out;
 	iov[0].iov_len = (size_t)n;
 	iov[1].iov_base = blk;
@@ -103,7 +77,7 @@ static int sb_read(BIO *bio, char *out, int n)
 		r = readv(e->fd, iov, blk != NULL ? 2 : 1);
 	while (r < 0 && errno == EINTR);
 	if (r < 0) {
-		block_put(blk);
+		pool_put(&blocks, blk);
 		if (errno == EAGAIN || errno == EWOULDBLOCK)
 			BIO_set_retry_read(bio);
 		return -1;
@@ -111,7 +85,7 @@ static int sb_read(BIO *bio, char *out, int n)
 	if ((size_t)r < iov[0].iov_len + iov[1].iov_len)
 		e->drained = true;
 	if ((size_t)r <= (size_t)n) {
-		block_put(blk);
+		pool_put(&blocks, blk);
 		return (int)r;
 	}
 	e->ahead = blk;

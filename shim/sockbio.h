@@ -7,15 +7,14 @@
 
 #include <stdbool.h>
 
+#include "buf.h"
 #include "endpoint.h"
 
 typedef struct bio_st BIO;
 
 /* Bytes a read may take beyond what the TLS library asked for: as much
- * as a relay buffer holds (buf.h), so one read fills one write. */
-#ifndef SOCKBIO_AHEAD
-#define SOCKBIO_AHEAD (256 * 1024)
-#endif
+ * as a relay buffer holds, so one read fills one write. */
+#define SOCKBIO_AHEAD BUF_CAP
 
 /* A BIO on e's socket, keeping its state in e; NULL on failure. */
 BIO *sockbio_new(struct endpoint *e);

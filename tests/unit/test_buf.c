@@ -5,6 +5,10 @@
 #include "pool.h"
 #include "unit.h"
 
+#ifdef POOL_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
+
 static void fill(struct buf *b, const char *s)
 {
 	size_t room, n = strlen(s);
@@ -78,27 +82,27 @@ static void test_full_and_compact(void)
  * buffer is poisoned (a use after free is still caught). */
 static void test_reuse(void)
 {
-	struct buf *b[BUF_POOL + 4];
+	struct buf *b[POOL_KEPT + 4];
 	int i;
 
-	for (i = 0; i < BUF_POOL + 4; i++) {
+	for (i = 0; i < POOL_KEPT + 4; i++) {
 		b[i] = buf_new();
 		CHECK(b[i] != NULL);
 		fill(b[i], "DATA\r\n");
 		b[i]->fwd = 6;
 		buf_written(b[i], 2);
 	}
-	for (i = 0; i < BUF_POOL + 4; i++) {
+	for (i = 0; i < POOL_KEPT + 4; i++) {
 #ifdef POOL_ASAN
 		uint8_t *p = b[i]->data;
 		buf_free(b[i]);
-		if (i < BUF_POOL)
+		if (i < POOL_KEPT)
 			CHECK(__asan_address_is_poisoned(p));
 #else
 		buf_free(b[i]);
 #endif
 	}
-	for (i = 0; i < BUF_POOL + 4; i++) {
+	for (i = 0; i < POOL_KEPT + 4; i++) {
 		b[i] = buf_new();
 		CHECK(b[i] != NULL);
 		CHECK_EQ(b[i]->off, 0);
@@ -108,7 +112,7 @@ static void test_reuse(void)
 		fill(b[i], "QUIT\r\n");
 		CHECK(region_is(b[i], 0, 6, "QUIT\r\n"));
 	}
-	for (i = 0; i < BUF_POOL + 4; i++)
+	for (i = 0; i < POOL_KEPT + 4; i++)
 		buf_free(b[i]);
 	buf_free(NULL);
 }
