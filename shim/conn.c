@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,6 +55,7 @@ struct conn {
 	uint8_t phase, cl_state, up_state;
 	bool in_again;
 	bool c2u_more;                /* the client's last bytes: half a line */
+	bool up_unwatched;            /* UP_CONNECTING: looked at after the client's handshake */
 	enum reason why;              /* why the session is ending (FINAL) */
 	struct worker *w;
 	struct svc_rt *svc;
@@ -65,6 +67,7 @@ struct conn {
 	ev_tstamp start;
 	ev_tstamp deadline;           /* the phase's deadline; in RELAY, idle */
 	ev_tstamp owed_since;         /* RELAY: a reply is owed since then */
+	ev_tstamp connect_start;      /* the upstream connect in progress began */
 	char *detail;                 /* words of the reason's own (FINAL) */
 	struct proxyin *pin;          /* CL_PROXY: the header being read */
 	struct upsetup setup;         /* UP_SETUP: the STARTTLS dialogue */
@@ -123,6 +126,16 @@ static void set_deadline(struct conn *c, uint32_t ms)
 {
 	c->deadline = ev_now(c->w->loop) + ms / 1000.0;
 	c->timer.repeat = ms / 1000.0;
+	ev_timer_again(c->w->loop, &c->timer);
+}
+
+/* The same, at an absolute time (which may have passed: 1 ms then). */
+static void set_deadline_at(struct conn *c, ev_tstamp at)
+{
+	ev_tstamp left = at - ev_now(c->w->loop);
+
+	c->deadline = at;
+	c->timer.repeat = left > 0.001 ? left : 0.001;
 	ev_timer_again(c->w->loop, &c->timer);
 }
 
@@ -441,6 +454,44 @@ static int upstream_retry(struct conn *c, enum reason why, const char *detail)
 	return upstream_connect(c);
 }
 
+/*
+ * A plain upstream has nothing to do before the relay, which waits for
+ * the client's handshake anyway: its connect is not watched meanwhile,
+ * only looked at once that handshake is done (or the timer fires). On
+ * loopback and in a LAN the connect is done long before; not watching it
+ * saves a write event, its wake-up, a spurious one and two epoll_ctl
+ * calls per session. An upstream TLS or STARTTLS hop starts at once and
+ * runs beside the client's handshake, as before.
+ */
+static bool connect_may_wait(const struct conn *c)
+{
+	return c->cl_state == CL_HANDSHAKE && c->phase == PH_OPEN &&
+	    c->svc->svc->upstream_tls == MODE_PLAIN;
+}
+
+/*
+ * The state of a connect that nobody watched: 1 done, 0 under way, -1
+ * failed (its error in err). poll() with no timeout only asks; it never
+ * waits.
+ */
+static int connect_probe(struct conn *c, int *err)
+{
+	struct pollfd p = { .fd = c->up.fd, .events = POLLOUT, .revents = 0 };
+	socklen_t len = sizeof(*err);
+
+	*err = 0;
+	if (poll(&p, 1, 0) < 0) {
+		*err = errno;
+		return -1;
+	}
+	if (p.revents == 0)
+		return 0;
+	if ((p.revents & POLLERR) != 0 &&
+	    getsockopt(c->up.fd, SOL_SOCKET, SO_ERROR, err, &len) < 0)
+		*err = errno;
+	return *err != 0 ? -1 : 1;
+}
+
 /* A v2 header tells the client's TLS: on an implicit listener it waits
  * for the client's handshake. */
 static bool header_waits(const struct conn *c)
@@ -467,10 +518,28 @@ static int upstream_connected(struct conn *c)
 		if (header_waits(c))
 			return 0;
 	} else {
-		if (c->up.wr_wait)
+		if (c->up_unwatched) {
+			if (c->cl_state == CL_HANDSHAKE)
+				return 0;
+			/* The client is ready: look at the connect once. */
+			c->up_unwatched = false;
+			switch (connect_probe(c, &err)) {
+			case 0:
+				/* Still under way: its event, within its own time. */
+				c->deadline = c->connect_start +
+				    c->svc->svc->timeout_connect_ms / 1000.0;
+				return 0;
+			case 1:
+				c->up.wr_wait = 0;
+				break;
+			default:
+				break;
+			}
+		} else if (c->up.wr_wait) {
 			return 0;
-		if (getsockopt(c->up.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+		} else if (getsockopt(c->up.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) {
 			err = errno;
+		}
 		if (err != 0)
 			return upstream_retry(c, R_UP_CONNECT, strerror(err));
 		if (header_waits(c)) {
@@ -590,6 +659,7 @@ static int upstream_connect(struct conn *c)
 	const struct sockaddr_storage *a = uplookup_next(&c->ul);
 	int fd, one = 1;
 
+	c->up_unwatched = false;
 	if (a == NULL)
 		return fail_now(c, R_UP_CONNECT, "no address left to try");
 	addr_text(a, c->up_text, sizeof(c->up_text));
@@ -605,11 +675,18 @@ static int upstream_connect(struct conn *c)
 	/* SMTP is a dialogue of short lines: no Nagle delay on replies. */
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	up_enter(c, UP_CONNECTING);
+	c->connect_start = ev_now(c->w->loop);
 	if (connect(fd, (const struct sockaddr *)a, a->ss_family == AF_INET6 ?
 	    sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in)) < 0) {
 		if (errno != EINPROGRESS)
 			return upstream_retry(c, R_UP_CONNECT, strerror(errno));
 		c->up.wr_wait = EV_WRITE;
+		c->up_unwatched = connect_may_wait(c);
+		/* Unwatched, the connect cannot move the client's deadline on:
+		 * the timer comes at the first of the two. */
+		if (c->up_unwatched && c->svc->svc->timeout_handshake_ms <
+		    c->svc->svc->timeout_connect_ms)
+			set_deadline(c, c->svc->svc->timeout_handshake_ms);
 	}
 	return 1;
 }
@@ -804,6 +881,24 @@ static int client_parse(struct conn *c)
 	return progress;
 }
 
+/*
+ * The upstream answered QUIT with 221 and closes next: the session ends
+ * as it would on its FIN, without waiting a wake-up for it. The upstream
+ * gets its close_notify (TLS) and FIN now; the client gets the 221, then
+ * its own close_notify and FIN (final_turn). Nothing either side sends
+ * after QUIT is relayed.
+ */
+static int quit_done(struct conn *c)
+{
+	struct fail f;
+
+	if (c->up.ssl != NULL)
+		(void)ep_shutdown(&c->up, false);
+	fail_set(&f, R_NONE, NULL);
+	f.reply = NO_REPLY;
+	return conn_fail(c, &f);
+}
+
 /* Hand the upstream's new bytes to the SMTP layer. */
 static int server_parse(struct conn *c)
 {
@@ -820,6 +915,8 @@ static int server_parse(struct conn *c)
 		switch (r.v) {
 		case SMTP_PASS:
 			p->b->fwd += (uint32_t)r.n;
+			if (smtp_quit_done(&c->smtp))
+				return quit_done(c);
 			break;
 		case SMTP_REPLY:
 			buf_cut(p->b, r.n);
@@ -1058,6 +1155,9 @@ static int up_events(struct conn *c)
 
 	switch (c->up_state) {
 	case UP_CONNECTING:
+		if (c->up_unwatched && c->cl_state == CL_HANDSHAKE)
+			return 0;
+		return ep_want(e, false, true);
 	case UP_HANDSHAKE:
 		return ep_want(e, false, true);
 	case UP_SETUP:
@@ -1141,12 +1241,40 @@ static ev_tstamp due(const struct conn *c)
 	return c->deadline;
 }
 
+/*
+ * The timer came while the client's handshake runs beside an unwatched
+ * connect: a connect that is done gives the client what is left of its
+ * timeout_handshake, counted from the connect's start as when watched.
+ */
+static int unwatched_timeout(struct conn *c)
+{
+	int err, r = connect_probe(c, &err);
+
+	c->up_unwatched = false;
+	if (r < 0)
+		return upstream_retry(c, R_UP_CONNECT, strerror(err));
+	if (r == 0)
+		return close_now(c, R_CL_HANDSHAKE_TIMEOUT, NULL);
+	c->up.wr_wait = 0;
+	if (upstream_connected(c) < 0)
+		return GONE;
+	if (c->phase != PH_OPEN)
+		return 1;
+	set_deadline_at(c, c->connect_start + c->svc->svc->timeout_handshake_ms / 1000.0);
+	if (c->deadline <= ev_now(c->w->loop))
+		return close_now(c, R_CL_HANDSHAKE_TIMEOUT, NULL);
+	return 1;
+}
+
 static int conn_timeout(struct conn *c)
 {
 	switch (c->phase) {
 	case PH_OPEN:
 		if (c->cl_state == CL_PROXY)
 			return close_now(c, R_PROXY_TIMEOUT, NULL);
+		if (c->up_unwatched && c->cl_state == CL_HANDSHAKE &&
+		    c->up_state == UP_CONNECTING)
+			return unwatched_timeout(c);
 		if (c->cl_state != CL_READY)
 			return close_now(c, R_CL_HANDSHAKE_TIMEOUT, NULL);
 		if (c->up_state == UP_CONNECTING)

@@ -5,11 +5,14 @@
  *
  *   OPEN   the upstream connects (and, for STARTTLS, talks EHLO/STARTTLS
  *          and hand-shakes); an implicit-TLS client hand-shakes meanwhile
- *          (a PROXY v2 header, which tells that TLS, waits for it)
+ *          (a PROXY v2 header, which tells that TLS, waits for it; a
+ *          plain upstream's connect is looked at only once the client's
+ *          handshake is done, or when the timer comes)
  *   RELAY  bytes flow both ways through the SMTP layer; a STARTTLS from
  *          the client switches the listen hop to TLS in place
- *   FINAL  the upstream is gone; the shim's last reply (421...) is
- *          flushed to the client, then the session closes
+ *   FINAL  the upstream is gone (or has answered QUIT with 221); the
+ *          shim's last reply (421...) or the 221 is flushed to the
+ *          client, then the session closes
  *
  * The PROXY header reader (proxyin.c), the upstream STARTTLS dialogue
  * (upsetup.c) and the TLS handshake of either hop (handshake.c) own their

@@ -148,7 +148,7 @@ int ep_shutdown(struct endpoint *e, bool fin)
 		}
 	}
 	e->shut = true;
-	if (fin && shutdown(e->fd, SHUT_WR) < 0 && errno != ENOTCONN) {
+	if (fin && shutdown(e->fd, SHUT_WR) < 0) {
 		e->err = errno;
 		return EP_ERROR;
 	}

@@ -51,7 +51,9 @@ ssize_t ep_write(struct endpoint *e, const void *p, size_t n);
 /* 1 when the handshake is complete, EP_AGAIN or EP_ERROR. */
 int ep_handshake(struct endpoint *e);
 /* Send close_notify (TLS) and, when fin, FIN (false: the socket is closed
- * right after, and close() sends the FIN). 0 done, EP_AGAIN, EP_ERROR. */
+ * right after, and close() sends the FIN). 0 done, EP_AGAIN, EP_ERROR
+ * (also when the peer has reset the connection: err is ENOTCONN; the
+ * endpoint counts as shut either way). */
 int ep_shutdown(struct endpoint *e, bool fin);
 /* Bytes buffered inside the TLS layer or read ahead of it (no fd event
  * will announce them). */

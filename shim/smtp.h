@@ -117,6 +117,7 @@ struct smtp {
 	uint64_t up_size;         /* its SIZE, 0 if none (SMTP_CHUNK_MAX then) */
 	bool up_authenticated;    /* upstream hop TLS, its server authenticated */
 	bool requiretls;          /* REQUIRETLS was offered to the client */
+	bool quit_done;           /* the upstream answered QUIT with 221 */
 	/* Commands waiting for replies, oldest first (ring buffer). */
 	uint8_t q[SMTP_QUEUE];
 	uint8_t qhead, qlen;
@@ -186,5 +187,12 @@ void smtp_upstream_authenticated(struct smtp *s);
 
 /* Replies still owed to the client by the upstream. */
 size_t smtp_pending(const struct smtp *s);
+
+/*
+ * The upstream answered QUIT with 221 (RFC 5321 4.1.1.10: it closes the
+ * channel next). The verdict that covered that reply covered nothing
+ * after it; the session is over once the reply has reached the client.
+ */
+bool smtp_quit_done(const struct smtp *s);
 
 #endif

@@ -362,7 +362,7 @@ static const struct verb verbs[] = {
 	{ "HELO", K_HELO, check_open, proceed_greet },
 	{ "NOOP", K_OTHER, check_open, proceed_forward },
 	{ "RSET", K_OTHER, check_open, proceed_forward },
-	{ "QUIT", K_OTHER, check_open, proceed_forward },
+	{ "QUIT", K_QUIT, check_open, proceed_forward },
 	{ "STARTTLS", K_NONE, check_starttls, proceed_starttls },
 	{ "DATA", K_DATA, check_session, proceed_wait },
 	{ "BDAT", K_BDAT, check_bdat, proceed_bdat },

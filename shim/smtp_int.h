@@ -41,7 +41,7 @@ enum { XC_OFF = 0, XC_WANT, XC_EHLO, XC_READY, XC_SENT, XC_DONE };
 /* What waits for a reply (queue entries); K_XEHLO and K_XCLIENT are the
  * shim's own commands, their replies are not relayed. */
 enum { K_NONE, K_GREETING, K_EHLO, K_HELO, K_DATA, K_DOT, K_BDAT, K_AUTH,
-	K_AUTHC, K_OTHER, K_XEHLO, K_XCLIENT };
+	K_AUTHC, K_QUIT, K_OTHER, K_XEHLO, K_XCLIENT };
 
 struct text {
 	const char *s;

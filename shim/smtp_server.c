@@ -279,6 +279,10 @@ static bool reply_done(struct smtp *s)
 	case K_AUTHC:
 		smtp_client_enter(s, code == 334 ? C_SASL : C_CMD);
 		return true;
+	case K_QUIT:
+		/* Nothing the upstream sends after it is relayed. */
+		s->quit_done = code == 221;
+		return s->quit_done;
 	default:
 		return false;
 	}
@@ -351,6 +355,11 @@ struct smtp_result smtp_server(struct smtp *s, const uint8_t *p, size_t len,
 	if (len == 0)
 		return smtp_verdict(SMTP_MORE, 0);
 	return replies(s, p, len, scratch);
+}
+
+bool smtp_quit_done(const struct smtp *s)
+{
+	return s->quit_done;
 }
 
 void smtp_upstream_authenticated(struct smtp *s)

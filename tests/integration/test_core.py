@@ -606,9 +606,12 @@ def test_silent_tls_upstream_handshake_times_out(make_shim, raw_server, ports, p
 
 
 @pytest.mark.slow
-def test_connect_timeout_on_full_backlog(make_shim, ports, pki):
+@pytest.mark.parametrize("listen", ["plain", "implicit"])
+def test_connect_timeout_on_full_backlog(make_shim, ports, pki, listen):
     """An upstream whose accept queue is full drops SYNs, so connect()
-    hangs: the shim must give up after timeout_connect."""
+    hangs: the shim must give up after timeout_connect. On an implicit
+    listener the connect is looked at only once the client's handshake is
+    done: it still times out when due, and the client is told."""
     port = ports.get()
     lsock = socket.socket()
     lsock.bind(("127.0.0.1", port))
@@ -629,18 +632,167 @@ def test_connect_timeout_on_full_backlog(make_shim, ports, pki):
             pass
         finally:
             probe_sock.close()
-        shim, lport = relay(make_shim, ports, pki, "plain", port, timeout_connect="1s")
+        shim, lport = relay(make_shim, ports, pki, listen, port, timeout_connect="1s")
         t0 = time.monotonic()
-        with SmtpConn(lport) as c:
+        with SmtpConn(lport, tls=(listen == "implicit"), cafile=pki.ca) as c:
             code, lines = c.reply(8)
             elapsed = time.monotonic() - t0
             assert lines[0].startswith("421 4.4."), lines
             assert c.read_until_closed(3)[1]
         assert 0.8 < elapsed < 4, elapsed
+        d = shim.wait_log()[0]
+        assert "timeout" in d.get("reason", ""), d
     finally:
         for s in fillers:
             s.close()
         lsock.close()
+
+
+def tls_later(c, pki, wait):
+    """Start TLS on a plain SmtpConn after wait seconds of silence."""
+    time.sleep(wait)
+    c.sock = client_context(pki.ca).wrap_socket(c.sock, server_hostname="shim.test")
+
+
+def silent_client_closed(shim, port, least, most, nth):
+    """A client that never starts its handshake is closed, without a byte,
+    between least and most seconds; the nth log line says why."""
+    t0 = time.monotonic()
+    with SmtpConn(port) as c:
+        data, closed = c.read_until_closed(most + 3)
+    elapsed = time.monotonic() - t0
+    assert closed and data == b"", data
+    assert least < elapsed < most, elapsed
+    d = shim.wait_log(count=nth)[nth - 1]
+    assert d["result"] != "ok" and "handshake" in d.get("reason", ""), d
+
+
+@pytest.mark.slow
+def test_slow_client_handshake_outlasts_timeout_connect(make_shim, smtp_sink, ports, pki):
+    """An implicit listener with a plain upstream looks at the upstream's
+    connect only when the client's handshake is done, or when the timer
+    comes. A client that starts TLS after timeout_connect but within
+    timeout_handshake still gets its session, and one that never does is
+    closed after timeout_handshake, counted as when the connect was
+    watched."""
+    sink = smtp_sink()
+    shim, port = relay(make_shim, ports, pki, "implicit", sink.port,
+                       timeout_connect="1s", timeout_handshake="3s")
+    with SmtpConn(port) as c:
+        tls_later(c, pki, 1.8)
+        assert c.reply()[0] == 220
+        assert c.cmd("QUIT")[0] == 221
+        assert c.read_until_closed(5)[1]
+    assert shim.wait_log()[0]["result"] == "ok"
+    silent_client_closed(shim, port, 2.5, 5, 2)
+
+
+def test_client_handshake_timeout_below_timeout_connect(make_shim, smtp_sink, ports, pki):
+    """timeout_handshake shorter than timeout_connect: the client's
+    handshake is still bounded by its own, shorter timeout."""
+    sink = smtp_sink()
+    shim, port = relay(make_shim, ports, pki, "implicit", sink.port,
+                       timeout_connect="8s", timeout_handshake="1s")
+    silent_client_closed(shim, port, 0.8, 3, 1)
+
+
+@pytest.mark.slow
+def test_upstream_down_while_client_is_slow(make_shim, ports, pki):
+    """The connect fails while the client is still silent: the client
+    gets 421 once its handshake is done, and every address is tried."""
+    dead = ports.get()
+    shim, port = relay(make_shim, ports, pki, "implicit", dead, timeout_connect="1s",
+                       timeout_handshake="5s")
+    with SmtpConn(port) as c:
+        tls_later(c, pki, 1.5)
+        code, lines = c.reply(5)
+        assert lines[0].startswith("421 4.4.1"), lines
+        assert c.read_until_closed(5)[1]
+    d = shim.wait_log()[0]
+    assert d["result"] in ("error", "refused") and d.get("reason"), d
+
+
+def quit_then(answer, after):
+    """An upstream that greets, answers EHLO and NOOP, answers QUIT with
+    answer, then does after ('stay': keeps the connection open and reads;
+    records what it read and whether it saw the shim's FIN)."""
+    got = {}
+
+    def handler(conn, srv):
+        conn.sendall(b"220 quit.test ESMTP\r\n")
+        f = conn.makefile("rb")
+        seen = b""
+        while True:
+            line = f.readline()
+            seen += line
+            if not line:
+                got["fin"] = True
+                break
+            verb = line.strip().upper()
+            if verb.startswith(b"EHLO"):
+                conn.sendall(b"250-quit.test\r\n250 PIPELINING\r\n")
+            elif verb == b"QUIT":
+                conn.sendall(answer)
+                if after == "close":
+                    break
+            else:
+                conn.sendall(b"250 2.0.0 Ok\r\n")
+        got["seen"] = seen
+    return handler, got
+
+
+@pytest.mark.parametrize("listen", ["plain", "implicit"])
+def test_221_to_quit_ends_the_session(make_shim, raw_server, ports, pki, listen):
+    """The upstream answers QUIT with 221 and closes next (RFC 5321): the
+    shim ends the session there, whether or not the upstream's FIN comes.
+    The client gets the 221 and then the end of the stream; the upstream
+    gets the shim's FIN; the log says ok."""
+    handler, got = quit_then(b"221 2.0.0 Bye\r\n", "stay")
+    up = raw_server(handler)
+    shim, port = relay(make_shim, ports, pki, listen, up.port, timeout_idle="30s")
+    t0 = time.monotonic()
+    with SmtpConn(port, tls=(listen == "implicit"), cafile=pki.ca) as c:
+        assert c.reply()[0] == 220
+        assert c.cmd("EHLO client.test")[0] == 250
+        c.send("NOOP\r\nQUIT\r\n")
+        assert c.reply()[0] == 250
+        code, lines = c.reply()
+        assert lines == ["221 2.0.0 Bye"], lines
+        rest, closed = c.read_until_closed(5)
+        assert closed and rest == b"", rest
+    assert time.monotonic() - t0 < 5
+    deadline = time.monotonic() + 5
+    while "fin" not in got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert got.get("fin"), "the upstream never saw the shim close"
+    assert got["seen"].endswith(b"QUIT\r\n"), got
+    d = shim.wait_log()[0]
+    assert d["result"] == "ok" and "reason" not in d, d
+
+
+@pytest.mark.parametrize("answer", [b"500 5.5.1 not now\r\n", b"250 2.0.0 stay\r\n",
+                                    b"221-2.0.0 Bye\r\n"])
+def test_quit_not_answered_221_ends_nothing(make_shim, raw_server, ports, pki, answer):
+    """A reply to QUIT that is not a whole 221 ends nothing: the session
+    goes on as the upstream has it (a 221 continuation line is half a
+    reply, its end still to come)."""
+    handler, got = quit_then(answer, "stay")
+    up = raw_server(handler)
+    shim, port = relay(make_shim, ports, pki, "plain", up.port, timeout_idle="30s",
+                       timeout_reply="3s")
+    with SmtpConn(port) as c:
+        assert c.reply()[0] == 220
+        c.send("QUIT\r\n")
+        if answer.startswith(b"221-"):
+            # half a reply: nothing reaches the client, and the session
+            # waits for the rest within timeout_reply
+            data, closed = c.read_until_closed(1)
+            assert not closed and data == b"", data
+            return
+        code, lines = c.reply()
+        assert lines[0] == answer.decode().strip(), lines
+        assert c.cmd("NOOP")[0] == 250
+        assert c.cmd("QUIT")[0] in (250, 500)
 
 
 def test_sessions_do_not_leak_fds(make_shim, smtp_sink, ports, pki, workdir):

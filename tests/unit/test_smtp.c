@@ -1930,6 +1930,58 @@ static void test_requiretls(void)
 	requiretls_case(false, false, false);
 }
 
+/*
+ * A 221 to QUIT ends the session (smtp_quit_done()): the verdict that
+ * covers it covers nothing after it, whatever the read's cut. Any other
+ * reply to QUIT, and a 221 to any other command, ends nothing.
+ */
+static void test_quit_done(void)
+{
+	static char scratch[SMTP_EHLO_MAX + 64];
+	static const char tail[] = "221 2.0.0 Bye\r\n250 late\r\n";
+	struct smtp s;
+	struct smtp_result r;
+	size_t cut;
+
+	for (cut = 0; cut <= sizeof(tail) - 1; cut++) {
+		s = session(SMTP_LISTEN_PLAIN, true);
+		CHECK_EQ(smtp_server(&s, (const uint8_t *)G, sizeof(G) - 1, scratch).v, SMTP_PASS);
+		CHECK_EQ(smtp_client(&s, (const uint8_t *)"NOOP\r\nQUIT\r\n", 12).n, 6);
+		CHECK_EQ(smtp_client(&s, (const uint8_t *)"QUIT\r\n", 6).v, SMTP_PASS);
+		r = smtp_server(&s, (const uint8_t *)"250 ok\r\n", 8, scratch);
+		CHECK(r.v == SMTP_PASS && r.n == 8 && !smtp_quit_done(&s));
+		/* the reply in two reads, cut anywhere */
+		r = smtp_server(&s, (const uint8_t *)tail, cut, scratch);
+		if (cut < 15)
+			CHECK(r.v == SMTP_MORE && !smtp_quit_done(&s));
+		else
+			CHECK(r.v == SMTP_PASS && r.n == 15 && smtp_quit_done(&s));
+		if (cut < 15) {
+			r = smtp_server(&s, (const uint8_t *)tail, sizeof(tail) - 1, scratch);
+			CHECK(r.v == SMTP_PASS && r.n == 15 && smtp_quit_done(&s));
+		}
+		CHECK_EQ(smtp_pending(&s), 0);
+	}
+
+	/* A refused QUIT (a 5xx, or a 421 that is not 221) ends nothing here. */
+	s = session(SMTP_LISTEN_PLAIN, true);
+	smtp_server(&s, (const uint8_t *)G, sizeof(G) - 1, scratch);
+	smtp_client(&s, (const uint8_t *)"QUIT\r\n", 6);
+	r = smtp_server(&s, (const uint8_t *)"500 no\r\n", 8, scratch);
+	CHECK(r.v == SMTP_PASS && !smtp_quit_done(&s));
+	smtp_client(&s, (const uint8_t *)"QUIT\r\n", 6);
+	r = smtp_server(&s, (const uint8_t *)"250 stay\r\n", 10, scratch);
+	CHECK(r.v == SMTP_PASS && !smtp_quit_done(&s));
+	/* a 221 to NOOP is only a reply */
+	smtp_client(&s, (const uint8_t *)"NOOP\r\n", 6);
+	r = smtp_server(&s, (const uint8_t *)"221 odd\r\n", 9, scratch);
+	CHECK(r.v == SMTP_PASS && !smtp_quit_done(&s));
+	/* quit, as spelled by a client a server still reads as QUIT */
+	smtp_client(&s, (const uint8_t *)"qUiT\r\n", 6);
+	r = smtp_server(&s, (const uint8_t *)"221-a\r\n221 b\r\n", 14, scratch);
+	CHECK(r.v == SMTP_PASS && r.n == 14 && smtp_quit_done(&s));
+}
+
 int main(void)
 {
 	test_requiretls();
@@ -1976,5 +2028,6 @@ int main(void)
 	test_xtext_every_byte();
 	test_xtext_bounds();
 	test_xclient_line();
+	test_quit_done();
 	return unit_done("test_smtp");
 }
