@@ -122,21 +122,17 @@ static void up_enter(struct conn *c, enum up_state st)
 	c->up.rd_wait = c->up.wr_wait = 0;
 }
 
-static void set_deadline(struct conn *c, uint32_t ms)
+/* The phase's deadline, at a time still to come. */
+static void set_deadline_at(struct conn *c, ev_tstamp at)
 {
-	c->deadline = ev_now(c->w->loop) + ms / 1000.0;
-	c->timer.repeat = ms / 1000.0;
+	c->deadline = at;
+	c->timer.repeat = at - ev_now(c->w->loop);
 	ev_timer_again(c->w->loop, &c->timer);
 }
 
-/* The same, at an absolute time (which may have passed: 1 ms then). */
-static void set_deadline_at(struct conn *c, ev_tstamp at)
+static void set_deadline(struct conn *c, uint32_t ms)
 {
-	ev_tstamp left = at - ev_now(c->w->loop);
-
-	c->deadline = at;
-	c->timer.repeat = left > 0.001 ? left : 0.001;
-	ev_timer_again(c->w->loop, &c->timer);
+	set_deadline_at(c, ev_now(c->w->loop) + ms / 1000.0);
 }
 
 /* Relay progress: push the idle deadline without touching the timer heap. */
@@ -470,15 +466,16 @@ static bool connect_may_wait(const struct conn *c)
 }
 
 /*
- * The state of a connect that nobody watched: 1 done, 0 under way, -1
- * failed (its error in err). poll() with no timeout only asks; it never
- * waits.
+ * Look once at a connect that nobody watched: 1 done (no event to wait
+ * for), 0 under way (its write event from now on), -1 failed (its error
+ * in err). poll() with no timeout only asks; it never waits.
  */
 static int connect_probe(struct conn *c, int *err)
 {
 	struct pollfd p = { .fd = c->up.fd, .events = POLLOUT, .revents = 0 };
 	socklen_t len = sizeof(*err);
 
+	c->up_unwatched = false;
 	*err = 0;
 	if (poll(&p, 1, 0) < 0) {
 		*err = errno;
@@ -489,7 +486,10 @@ static int connect_probe(struct conn *c, int *err)
 	if ((p.revents & POLLERR) != 0 &&
 	    getsockopt(c->up.fd, SOL_SOCKET, SO_ERROR, err, &len) < 0)
 		*err = errno;
-	return *err != 0 ? -1 : 1;
+	if (*err != 0)
+		return -1;
+	c->up.wr_wait = 0;
+	return 1;
 }
 
 /* A v2 header tells the client's TLS: on an implicit listener it waits
@@ -521,19 +521,12 @@ static int upstream_connected(struct conn *c)
 		if (c->up_unwatched) {
 			if (c->cl_state == CL_HANDSHAKE)
 				return 0;
-			/* The client is ready: look at the connect once. */
-			c->up_unwatched = false;
-			switch (connect_probe(c, &err)) {
-			case 0:
-				/* Still under way: its event, within its own time. */
+			/* The client is ready: look at the connect once. Still
+			 * under way, it gets its event, within its own time. */
+			if (connect_probe(c, &err) == 0) {
 				c->deadline = c->connect_start +
 				    c->svc->svc->timeout_connect_ms / 1000.0;
 				return 0;
-			case 1:
-				c->up.wr_wait = 0;
-				break;
-			default:
-				break;
 			}
 		} else if (c->up.wr_wait) {
 			return 0;
@@ -892,8 +885,7 @@ static int quit_done(struct conn *c)
 {
 	struct fail f;
 
-	if (c->up.ssl != NULL)
-		(void)ep_shutdown(&c->up, false);
+	(void)ep_shutdown(&c->up, false);
 	fail_set(&f, R_NONE, NULL);
 	f.reply = NO_REPLY;
 	return conn_fail(c, &f);
@@ -1248,21 +1240,17 @@ static ev_tstamp due(const struct conn *c)
  */
 static int unwatched_timeout(struct conn *c)
 {
+	ev_tstamp until = c->connect_start + c->svc->svc->timeout_handshake_ms / 1000.0;
 	int err, r = connect_probe(c, &err);
 
-	c->up_unwatched = false;
 	if (r < 0)
 		return upstream_retry(c, R_UP_CONNECT, strerror(err));
-	if (r == 0)
+	if (r == 0 || until <= ev_now(c->w->loop))
 		return close_now(c, R_CL_HANDSHAKE_TIMEOUT, NULL);
-	c->up.wr_wait = 0;
 	if (upstream_connected(c) < 0)
 		return GONE;
-	if (c->phase != PH_OPEN)
-		return 1;
-	set_deadline_at(c, c->connect_start + c->svc->svc->timeout_handshake_ms / 1000.0);
-	if (c->deadline <= ev_now(c->w->loop))
-		return close_now(c, R_CL_HANDSHAKE_TIMEOUT, NULL);
+	if (c->phase == PH_OPEN)
+		set_deadline_at(c, until);
 	return 1;
 }
 

@@ -712,10 +712,10 @@ def test_upstream_down_while_client_is_slow(make_shim, ports, pki):
     assert d["result"] in ("error", "refused") and d.get("reason"), d
 
 
-def quit_then(answer, after):
+def quit_then(answer):
     """An upstream that greets, answers EHLO and NOOP, answers QUIT with
-    answer, then does after ('stay': keeps the connection open and reads;
-    records what it read and whether it saw the shim's FIN)."""
+    answer and stays: it keeps reading, and records what it read and
+    whether it saw the shim's FIN."""
     got = {}
 
     def handler(conn, srv):
@@ -733,8 +733,6 @@ def quit_then(answer, after):
                 conn.sendall(b"250-quit.test\r\n250 PIPELINING\r\n")
             elif verb == b"QUIT":
                 conn.sendall(answer)
-                if after == "close":
-                    break
             else:
                 conn.sendall(b"250 2.0.0 Ok\r\n")
         got["seen"] = seen
@@ -747,7 +745,7 @@ def test_221_to_quit_ends_the_session(make_shim, raw_server, ports, pki, listen)
     shim ends the session there, whether or not the upstream's FIN comes.
     The client gets the 221 and then the end of the stream; the upstream
     gets the shim's FIN; the log says ok."""
-    handler, got = quit_then(b"221 2.0.0 Bye\r\n", "stay")
+    handler, got = quit_then(b"221 2.0.0 Bye\r\n")
     up = raw_server(handler)
     shim, port = relay(make_shim, ports, pki, listen, up.port, timeout_idle="30s")
     t0 = time.monotonic()
@@ -776,7 +774,7 @@ def test_quit_not_answered_221_ends_nothing(make_shim, raw_server, ports, pki, a
     """A reply to QUIT that is not a whole 221 ends nothing: the session
     goes on as the upstream has it (a 221 continuation line is half a
     reply, its end still to come)."""
-    handler, got = quit_then(answer, "stay")
+    handler, got = quit_then(answer)
     up = raw_server(handler)
     shim, port = relay(make_shim, ports, pki, "plain", up.port, timeout_idle="30s",
                        timeout_reply="3s")
