@@ -315,8 +315,9 @@ class CpuCaps:
 
 class Proxy:
     """One proxy under test. shape: "implicit" (implicit TLS -> plain),
-    "starttls" (STARTTLS -> plain) or "chain" (STARTTLS -> STARTTLS, to
-    the TLS fixture upstream); workers: 1 or 2."""
+    "starttls" (STARTTLS -> plain), "chain" (STARTTLS -> STARTTLS, to
+    the TLS fixture upstream) or "plain" (no TLS on either side: what the
+    same dialogue costs in sockets alone); workers: 1 or 2."""
     name = "?"
     shapes = ("implicit",)
 
@@ -377,12 +378,17 @@ class Proxy:
 
 class Mailshim(Proxy):
     name = "mailshim"
-    shapes = ("implicit", "starttls", "chain", "fixture")
+    shapes = ("implicit", "starttls", "chain", "plain", "fixture")
 
     def argv_and_config(self, d):
         conf = os.path.join(d, "conf.d")
         os.makedirs(conf)
-        listen_tls = "implicit" if self.shape == "implicit" else "starttls"
+        listen_tls = self.shape if self.shape in ("implicit", "plain") else "starttls"
+        # a plain listener takes no certificate, and no hop takes a minimum
+        listen = "" if self.shape == "plain" else f"""listen_cert = {self.b.cert}
+listen_key = {self.b.key}
+"""
+        min_version = "" if self.shape == "plain" else "tls_min_version = TLSv1.2\n"
         if self.shape == "chain":
             # the default policy: the upstream's chain and name are checked
             upstream = f"""upstream = 127.0.0.1:{self.b.fixture.port}
@@ -400,14 +406,11 @@ workers = {self.workers}
 helo_name = bench.test
 log_level = warn
 max_connections = 100000
-tls_min_version = TLSv1.2
-
+{min_version}
 [bench]
 listen = 127.0.0.1:{self.port}
 listen_tls = {listen_tls}
-listen_cert = {self.b.cert}
-listen_key = {self.b.key}
-{upstream}""")
+{listen}{upstream}""")
         check = subprocess.run([self.b.mailshim, "-t", "-c", conf], capture_output=True,
                                text=True, timeout=30)
         if check.returncode != 0:
@@ -488,9 +491,11 @@ log-level = 1
 
 class Haproxy(Proxy):
     name = "haproxy"
+    shapes = ("implicit", "plain")
 
     def argv_and_config(self, d):
         path = os.path.join(d, "haproxy.cfg")
+        tls = "" if self.shape == "plain" else " ssl crt " + self.b.combined
         with open(path, "w") as f:
             # maxconn bounds haproxy's own fd needs below this machine's
             # 20000-per-process cap.
@@ -506,7 +511,7 @@ defaults
     timeout server 300s
 
 frontend bench
-    bind 127.0.0.1:{self.port} ssl crt {self.b.combined}
+    bind 127.0.0.1:{self.port}{tls}
     default_backend upstream
 
 backend upstream
@@ -538,6 +543,10 @@ FIGS = [
     ("ch_cpu_session_paced", "CPU/session, STARTTLS->STARTTLS, paced", "us", "low"),
     ("ch_cpu_mib", "CPU/MiB, STARTTLS->STARTTLS, saturated", "ms", "low"),
     ("ch_cpu_mib_paced", "CPU/MiB, STARTTLS->STARTTLS, paced", "ms", "low"),
+    ("pl_cpu_session", "CPU/session, no TLS (plain->plain), saturated", "us", "low"),
+    ("pl_cpu_session_paced", "CPU/session, no TLS (plain->plain), paced", "us", "low"),
+    ("pl_cpu_mib", "CPU/MiB, no TLS (plain->plain), saturated", "ms", "low"),
+    ("pl_cpu_mib_paced", "CPU/MiB, no TLS (plain->plain), paced", "ms", "low"),
     ("cpu_session_resumed", "CPU/session, tickets offered, saturated", "us", "low"),
     ("resumed", "handshakes resumed when tickets offered", "%", "high"),
     ("mem_idle", "memory/idle session (Pss)", "KiB", "low"),
@@ -558,7 +567,7 @@ FIG = {f[0]: f for f in FIGS}
 # shown for reading the others (what bounds sessions/s), not compared
 NOT_COMPARED = {"client_cpu"}
 # the shapes of load a CPU figure comes in, and the prefix of its keys
-SHAPES = (("implicit", ""), ("starttls", "st_"), ("chain", "ch_"))
+SHAPES = (("implicit", ""), ("starttls", "st_"), ("chain", "ch_"), ("plain", "pl_"))
 
 
 def parse_kv(line):
@@ -586,6 +595,7 @@ class Bench:
         self.mailshim = os.path.abspath(args.mailshim)
         self.client = os.path.join(args.out, "client")
         self.sink_bin = os.path.join(args.out, "sink")
+        self.floor_bin = os.path.join(args.out, "floor")
         quick = bool(os.environ.get("BENCH_QUICK"))
         self.quick = quick
         self.sessions = env_int("BENCH_SESSIONS", 300 if quick else 2000)
@@ -637,7 +647,7 @@ class Bench:
     # ---- setup
 
     def setup(self):
-        for f in (self.client, self.sink_bin, self.mailshim):
+        for f in (self.client, self.sink_bin, self.floor_bin, self.mailshim):
             if not os.access(f, os.X_OK):
                 raise BenchError("missing executable: %s" % f)
         self.tmp = tempfile.mkdtemp(prefix="mailshim-bench.")
@@ -715,11 +725,29 @@ class Bench:
             return table[name]
         x = op("Curve25519 base-point multiplication") + \
             op("Curve25519 arbitrary point multiplication")
-        self.floor["hs_server"] = x + op("ECDSA P-256 signing")
-        self.floor["hs_client"] = x + op("ECDSA P-256 verify")
+        self.floor["ops_server"] = x + op("ECDSA P-256 signing")
+        self.floor["ops_client"] = x + op("ECDSA P-256 verify")
         self.floor["mib"] = op("AES-128-GCM (16384 bytes) seal") * 64 / 1000.0
-        self.raw.append("floor hs_server_us=%.1f hs_client_us=%.1f aes_ms_per_mib=%.3f"
-                        % (self.floor["hs_server"], self.floor["hs_client"], self.floor["mib"]))
+        # The whole handshake (floor.c): the public-key operations above
+        # and what they leave out (transcript hashes, key schedule, the
+        # certificate message, tickets, SSL_new and SSL_free), in memory.
+        # The median of five runs: this figure is the one the ratios use.
+        whole = []
+        for _ in range(5):
+            r = subprocess.run([self.floor_bin, self.cert, self.key, "1000"],
+                               capture_output=True, text=True, timeout=120)
+            if r.returncode != 0:
+                raise BenchError("floor: status %d: %s" % (r.returncode, r.stderr.strip()))
+            whole.append(parse_kv(r.stdout.strip().splitlines()[-1]))
+            self.raw.append("floor whole handshake " + r.stdout.strip())
+        for side in ("server", "client"):
+            self.floor["hs_" + side] = statistics.median(
+                float(w["hs_%s_us" % side]) for w in whole)
+        self.raw.append("floor hs_server_us=%.1f hs_client_us=%.1f ops_server_us=%.1f "
+                        "ops_client_us=%.1f aes_ms_per_mib=%.3f"
+                        % (self.floor["hs_server"], self.floor["hs_client"],
+                           self.floor["ops_server"], self.floor["ops_client"],
+                           self.floor["mib"]))
 
     # ---- client runs
 
@@ -772,7 +800,7 @@ class Bench:
         for implicit TLS also the sessions/s of one worker, the latency and
         the resumption figures."""
         name, pre = proxy.name, dict(SHAPES)[proxy.shape]
-        flags = ["-s"] if proxy.shape != "implicit" else []
+        flags = {"implicit": [], "plain": ["-P"]}.get(proxy.shape, ["-s"])
         port = None
         proxy.start("cpu%d" % rnd)
         try:
@@ -1041,7 +1069,7 @@ class Bench:
         self.load_after = os.getloadavg()[0]
 
     def run_figures(self):
-        self.step("floor (bssl-tool speed)", self.measure_floor)
+        self.step("floor (bssl-tool speed, floor.c)", self.measure_floor)
         plan = []   # (proxy, what, fn) per round, rotated
         for n in self.names:
             cls = PROXIES[n]
@@ -1126,9 +1154,11 @@ class Bench:
                 floor = self.floor.get("hs_server")
                 if floor and pre == "ch_":
                     floor += self.floor["hs_client"]
-                f = pre + "cpu_session" + pace
+                f, pl = pre + "cpu_session" + pace, m["pl_cpu_session" + pace]
                 check("CPU/session <= 2x handshake floor, " + tag,
-                      m[f] / floor if m[f] is not None and floor else None, 2.0, True)
+                      m[f] / floor if m[f] is not None and floor else None, 2.0, True,
+                      detail="  [%s us vs %s; with no TLS the dialogue alone costs %s us]"
+                      % (fmt(m[f]), fmt(floor), fmt(pl)) if pl is not None and floor else "")
         for pre, shape in (("", "implicit TLS"), ("st_", "STARTTLS->plain"),
                            ("ch_", "STARTTLS->STARTTLS")):
             for pace in ("", "_paced"):
@@ -1142,6 +1172,26 @@ class Bench:
         check("one worker holds >= 9000 idle sessions", m["held"], 9000, False, unit=" sessions",
               detail="  [tried %d]" % self.max_idle)
         check("p99 added latency <= 1 ms", m["lat_p99"], 1.0, True, unit=" ms")
+        return out
+
+    def tls_share(self, med):
+        """Lines: what TLS adds to mailshim's figures (implicit TLS minus
+        the same dialogue with no TLS), against the floor."""
+        mm, fl, out = med["mailshim"], self.floor, []
+        for pace, what in (("", "saturated"), ("_paced", "paced")):
+            tls, pl = mm["cpu_session" + pace], mm["pl_cpu_session" + pace]
+            tm, pm = mm["cpu_mib" + pace], mm["pl_cpu_mib" + pace]
+            if None in (tls, pl, tm, pm):
+                continue
+            out.append("  %s: the dialogue with no TLS costs mailshim %s us a session "
+                       "(%.1fx the handshake floor by itself); TLS adds %s us (%.1fx the "
+                       "floor); a MiB: %s ms with no TLS, TLS adds %s ms (%.1fx AES-GCM)"
+                       % (what, fmt(pl), pl / fl["hs_server"], fmt(tls - pl),
+                          (tls - pl) / fl["hs_server"], fmt(pm), fmt(tm - pm),
+                          (tm - pm) / fl["mib"]))
+        if out:
+            out.insert(0, "what TLS adds (mailshim, implicit TLS minus the same dialogue "
+                       "plain->plain):")
         return out
 
     def report(self):
@@ -1180,10 +1230,14 @@ class Bench:
         if self.floor:
             fl = self.floor
             lines.append("")
-            lines.append("floor (bssl-tool speed, this machine): TLS 1.3 server handshake "
-                         "(X25519 keygen + X25519 + ECDSA P-256 sign) %.0f us; client side "
-                         "(with ECDSA verify) %.0f us; AES-128-GCM %.3f ms/MiB"
-                         % (fl["hs_server"], fl["hs_client"], fl["mib"]))
+            lines.append("floor (this machine): one whole TLS 1.3 handshake in memory "
+                         "(floor.c, BoringSSL, the bench's certificate): server side %.0f us, "
+                         "client side (chain and name checked) %.0f us; of which the "
+                         "public-key operations (bssl-tool speed: X25519 keygen + X25519 + "
+                         "ECDSA P-256 sign, or verify) %.0f and %.0f us; AES-128-GCM "
+                         "%.3f ms/MiB"
+                         % (fl["hs_server"], fl["hs_client"], fl["ops_server"],
+                            fl["ops_client"], fl["mib"]))
             mm = med["mailshim"]
             multiples = []
             for fig in ("cpu_session", "cpu_session_paced", "st_cpu_session",
@@ -1204,6 +1258,7 @@ class Bench:
                          "handshakes, of AES twice):")
             for k in range(0, len(multiples), 4):
                 lines.append("  " + ", ".join(multiples[k:k + 4]))
+            lines.extend(self.tls_share(med))
         if self.profile:
             lines.append("")
             lines.append("profile of one mailshim worker (BENCH_PROFILE=1; strace and perf "
@@ -1284,7 +1339,7 @@ class Bench:
                'each figure normalised to its largest value; labels are absolute</text>']
         x = 10
         for n in self.names + (["floor"] if floor_of else []):
-            label = "floor (BoringSSL bssl-tool speed)" if n == "floor" else n
+            label = "floor (BoringSSL: whole handshake, AES-GCM)" if n == "floor" else n
             out.append('<rect x="%d" y="34" width="12" height="12" fill="%s"/>'
                        % (x, colors.get(n, "#9467bd")))
             out.append('<text x="%d" y="44">%s</text>' % (x + 16, esc(label)))
