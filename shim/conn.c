@@ -876,15 +876,19 @@ static int client_parse(struct conn *c)
 
 /*
  * The upstream answered QUIT with 221 and closes next: the session ends
- * as it would on its FIN, without waiting a wake-up for it. The upstream
- * gets its close_notify (TLS) and FIN now; the client gets the 221, then
- * its own close_notify and FIN (final_turn). Nothing either side sends
- * after QUIT is relayed.
+ * as it would on its FIN, without waiting a wake-up for it. The client
+ * gets the 221 first: the upstream's FIN wakes the upstream's process,
+ * which may take this CPU before the reply is out. Then the upstream gets
+ * its close_notify (TLS) and FIN, and the client its own close_notify and
+ * FIN (final_turn, which also sends what this write could not, and meets
+ * again an error it met). Nothing either side sends after QUIT is
+ * relayed.
  */
 static int quit_done(struct conn *c)
 {
 	struct fail f;
 
+	(void)pump_write(&c->u2c, &c->cl);	/* an error recurs in final_turn */
 	(void)ep_shutdown(&c->up, false);
 	fail_set(&f, R_NONE, NULL);
 	f.reply = NO_REPLY;
