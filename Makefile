@@ -116,8 +116,14 @@ clean:
 # floor and the targets (tests/bench/README.md): build/bench/results.txt and
 # build/bench/bench.svg. BENCH_QUICK=1 for a short trial, BENCH_PROFILE=1
 # adds strace -c and perf of one mailshim worker.
-bench: deps all
+bench: deps all build/bench/floor
 	@MAILSHIM=$(abspath $(BIN)) sh tests/bench/run.sh
+
+# The bench's floor: whole TLS handshakes in memory, with mailshim's
+# BoringSSL and its TLS defaults.
+build/bench/floor: tests/bench/floor.c shim/tls_policy.h
+	@mkdir -p $(@D)
+	$(CC) -std=c11 -O2 -Wall -Wextra -Werror -Ishim $(SSL_CFLAGS) -o $@ $< $(SSL_LIBS)
 
 # Soak with integrity checks. Override: SOAK_MESSAGES (1000), SOAK_CONCURRENCY (50),
 # SOAK_MAX_SIZE (10485760), SOAK_ONLY, SOAK_SEED, SOAK_TIMEOUT, SOAK_KEEP.

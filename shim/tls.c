@@ -6,6 +6,7 @@
 #include "tls.h"
 #include "proxy.h"
 #include "tickets.h"
+#include "tls_policy.h"
 #include "verify.h"
 
 #include <arpa/inet.h>
@@ -31,15 +32,9 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
-/*
- * TLS 1.2 suites when none are configured: forward secret AEADs only, the
- * same policy on both hops. TLS 1.3 suites are all AEAD and fixed.
- */
-static const char default_ciphers[] =
-    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
-    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
-    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
-static const char curves[] = "X25519:P-256:P-384";
+/* The defaults when none are configured (tls_policy.h). */
+static const char default_ciphers[] = TLS_DEFAULT_CIPHERS;
+static const char curves[] = TLS_CURVES;
 
 /*
  * Where a key was set, and what went wrong with it: every message about a

@@ -17,7 +17,7 @@
  *                 tickets read
  *
  * The server is set up as mailshim's listen hop: the same versions,
- * curves and cipher list, server preference, session tickets
+ * curves and cipher list (shim/tls_policy.h), server preference, session tickets
  * (TICKETS of them a handshake; default: BoringSSL's own number), its
  * handshake configuration shed. The client offers X25519 only, as the
  * bench's load client does. Each side's time is its thread's CPU time
@@ -35,6 +35,8 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+
+#include "tls_policy.h"
 
 static double now_us(void)
 {
@@ -88,11 +90,8 @@ int main(int argc, char **argv)
 	if (sctx == NULL || cctx == NULL ||
 	    !SSL_CTX_set_min_proto_version(sctx, TLS1_2_VERSION) ||
 	    !SSL_CTX_set_max_proto_version(sctx, TLS1_3_VERSION) ||
-	    !SSL_CTX_set1_curves_list(sctx, "X25519:P-256:P-384") ||
-	    !SSL_CTX_set_strict_cipher_list(sctx,
-		"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
-		"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
-		"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305") ||
+	    !SSL_CTX_set1_curves_list(sctx, TLS_CURVES) ||
+	    !SSL_CTX_set_strict_cipher_list(sctx, TLS_DEFAULT_CIPHERS) ||
 	    SSL_CTX_use_certificate_chain_file(sctx, argv[1]) != 1 ||
 	    SSL_CTX_use_PrivateKey_file(sctx, argv[2], SSL_FILETYPE_PEM) != 1 ||
 	    !SSL_CTX_set_session_id_context(sctx, (const uint8_t *)"floor", 5) ||
