@@ -68,6 +68,21 @@ def proc_tree(root):
     return out
 
 
+def pin(pids, cpus):
+    """Every thread of pids to the set cpus (threads and children made
+    later inherit it from the thread that makes them)."""
+    for pid in pids:
+        try:
+            tids = [int(t) for t in os.listdir("/proc/%d/task" % pid)]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except OSError:
+                pass
+
+
 def cpu_ticks(pids):
     """utime+stime of each process (all its threads, live and exited) plus
     cutime+cstime (its children that exited and were reaped), in ticks."""
@@ -560,6 +575,8 @@ FIGS = [
     ("scaling_cap", "scaling 1 -> 2 workers, held to a share", "x", "high"),
     ("lat_p50", "added latency per transaction, p50", "ms", "low"),
     ("lat_p99", "added latency per transaction, p99", "ms", "low"),
+    ("lat1_p50", "added latency, every process on one CPU, p50", "ms", "low"),
+    ("lat1_p99", "added latency, every process on one CPU, p99", "ms", "low"),
     ("held", "idle sessions one worker holds", "sessions", "high"),
     ("held_mem", "memory/session at that count (Pss)", "KiB", "low"),
 ]
@@ -636,9 +653,13 @@ class Bench:
         self.raw = []          # lines for results.txt
         self.values = {n: {f[0]: [] for f in FIGS} for n in names + ["direct"]}
         self.by_round = {}     # (proxy, figure, round): value
-        self.values["direct"].update({"txn_p50": [], "txn_p99": []})
+        txn = {"txn_p50": [], "txn_p99": [], "txn1_p50": [], "txn1_p99": []}
+        self.values["direct"].update({k: [] for k in txn})
         for n in names:
-            self.values[n].update({"txn_p50": [], "txn_p99": []})
+            self.values[n].update({k: [] for k in txn})
+        # the direct transaction, client and sink on one CPU, then on two
+        self.wake = {"same": [], "cross": []}
+        self.cpus = sorted(os.sched_getaffinity(0))
         self.floor = {}
         self.profile = []
         self.tls = {}
@@ -758,12 +779,13 @@ class Bench:
             argv += ["-b", str(body)]
         return argv
 
-    def run_client(self, mode, port, n, c, body=None, extra=()):
+    def run_client(self, mode, port, n, c, body=None, extra=(), cpus=None):
         argv = self.client_argv(mode, port, n, c, body, extra)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        pre = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
         try:
             r = subprocess.run(argv, capture_output=True, text=True,
-                               timeout=self.client_limit + 30)
+                               timeout=self.client_limit + 30, preexec_fn=pre)
         except subprocess.TimeoutExpired:
             raise BenchError("client %s did not finish in time" % mode) from None
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -873,8 +895,54 @@ class Bench:
                          resumed=res["resumed"], sessions=self.resume_n)
                 self.put(name, "cpu_session_resumed", cpu * 1e6 / self.resume_n, rnd,
                          cpu_s=cpu, secs=res["secs"])
+                self.measure_one_cpu(proxy, rnd)
         finally:
             proxy.stop()
+
+    def paced_direct(self, cpus):
+        """The paced transaction straight to the sink, its client on cpus:
+        its p50 and p99 in ms."""
+        d = self.run_client("sessions", self.upstream, self.paced_sessions, self.conc,
+                            extra=["-P", "-R", str(self.rate)], cpus=cpus)
+        return float(d["lat_p50_us"]) / 1e3, float(d["lat_p99_us"]) / 1e3
+
+    def measure_one_cpu(self, proxy, rnd):
+        """The added latency with the client, the proxy and the sink all
+        on one CPU, where no hop wakes a process on the other CPU: the
+        direct run, then the one through the proxy (one after the other:
+        on one CPU two clients at once would delay each other)."""
+        if len(self.cpus) < 2:
+            return
+        one = {self.cpus[-1]}
+        pin(proxy.pids() + [self.sink.pid], one)
+        try:
+            straight = self.paced_direct(one)
+            res = self.run_client("sessions", proxy.port, self.paced_sessions, self.conc,
+                                  extra=["-R", str(self.rate)], cpus=one)
+        finally:
+            pin(proxy.pids() + [self.sink.pid], set(self.cpus))
+        for q, s in zip(("p50", "p99"), straight):
+            via = float(res["lat_%s_us" % q]) / 1e3
+            self.put(proxy.name, "txn1_" + q, via, rnd)
+            self.put("direct", "txn1_" + q, s, rnd, beside=proxy.name)
+            self.put(proxy.name, "lat1_" + q, via - s, rnd)
+
+    def measure_wake(self, rnd):
+        """What a wake-up on the other CPU costs this machine: the direct
+        transaction (6 round trips, each waking the sink and the client
+        once) with the client and the sink on one CPU, then on two."""
+        if len(self.cpus) < 2:
+            return
+        a, b = {self.cpus[0]}, {self.cpus[1]}
+        try:
+            for key, sink_cpu in (("same", a), ("cross", b)):
+                pin([self.sink.pid], sink_cpu)
+                p50, _ = self.paced_direct(a)
+                self.wake[key].append(p50)
+                self.raw.append("run=%d wake direct client and sink on %s CPUs: p50=%.3f ms"
+                                % (rnd, "one" if key == "same" else "two", p50))
+        finally:
+            pin([self.sink.pid], set(self.cpus))
 
     def measure_workers2(self, proxy, rnd):
         proxy.start("w2-%d" % rnd)
@@ -1085,6 +1153,8 @@ class Bench:
         if self.caps.base is None:
             self.failures.append("CPU-capped scaling: %s" % self.caps.why)
         for rnd in range(1, self.repeat + 1):
+            self.step("run %d/%d wake-ups across CPUs" % (rnd, self.repeat),
+                      self.measure_wake, rnd)
             k = (rnd - 1) % len(plan)
             for proxy, what, fn in plan[k:] + plan[:k]:
                 self.step("run %d/%d %-8s %s" % (rnd, self.repeat, proxy.name, what),
@@ -1171,8 +1241,21 @@ class Bench:
               m["scaling"], 1.8, False)
         check("one worker holds >= 9000 idle sessions", m["held"], 9000, False, unit=" sessions",
               detail="  [tried %d]" % self.max_idle)
-        check("p99 added latency <= 1 ms", m["lat_p99"], 1.0, True, unit=" ms")
+        check("p99 added latency <= 1 ms", m["lat_p99"], 1.0, True, unit=" ms",
+              detail="  [every process on one CPU: %s ms]" % fmt(m["lat1_p99"])
+              if m["lat1_p99"] is not None else "")
         return out
+
+    def wake_line(self):
+        if not self.wake["same"] or not self.wake["cross"]:
+            return None
+        same = statistics.median(self.wake["same"])
+        cross = statistics.median(self.wake["cross"])
+        # 6 round trips, each with two wake-ups (the sink's, the client's)
+        return ("wake-ups across CPUs (this machine): the paced direct transaction takes "
+                "p50 %.2f ms with the client and the sink on one CPU, %.2f ms on two: "
+                "%+.0f us a wake-up that crosses to the other CPU (12 a transaction)"
+                % (same, cross, (cross - same) * 1e3 / 12))
 
     def tls_share(self, med):
         """Lines: what TLS adds to mailshim's figures (implicit TLS minus
@@ -1225,8 +1308,17 @@ class Bench:
         d = med["direct"]
         lines.append("%-*s%6s%10s%10s" % (w, "transaction direct to the sink, p50 / p99", "ms",
                                          fmt(d["txn_p50"]), fmt(d["txn_p99"])))
+        lines.append("%-*s%6s%10s%10s" % (w, "the same, every process on one CPU, p50 / p99",
+                                         "ms", fmt(d["txn1_p50"]), fmt(d["txn1_p99"])))
         lines.append("(m/best: mailshim / best peer; < 1 is better for low-is-better figures. "
-                     "Added latency: the proxy's p50/p99 minus that of the same paced transactions sent at the same time straight to the sink.)")
+                     "Added latency: the proxy's p50/p99 minus that of the same paced "
+                     "transactions sent at the same time straight to the sink; on one CPU: "
+                     "the client, the proxy and the sink pinned to one CPU, the direct run "
+                     "just before.)")
+        wake = self.wake_line()
+        if wake:
+            lines.append("")
+            lines.append(wake)
         if self.floor:
             fl = self.floor
             lines.append("")
