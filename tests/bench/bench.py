@@ -939,8 +939,8 @@ class Bench:
                 pin([self.sink.pid], sink_cpu)
                 p50, _ = self.paced_direct(a)
                 self.wake[key].append(p50)
-                self.raw.append("run=%d wake direct client and sink on %s CPUs: p50=%.3f ms"
-                                % (rnd, "one" if key == "same" else "two", p50))
+                self.raw.append("run=%d wake direct client and sink on %s: p50=%.3f ms"
+                                % (rnd, "one CPU" if key == "same" else "two CPUs", p50))
         finally:
             pin([self.sink.pid], set(self.cpus))
 
