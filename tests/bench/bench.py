@@ -70,7 +70,10 @@ def proc_tree(root):
 
 def pin(pids, cpus):
     """Every thread of pids to the set cpus (threads and children made
-    later inherit it from the thread that makes them)."""
+    later inherit it from the thread that makes them). Returns the
+    threads that could not be moved (another user's, when not root); a
+    thread that has exited meanwhile is not one of them."""
+    refused = []
     for pid in pids:
         try:
             tids = [int(t) for t in os.listdir("/proc/%d/task" % pid)]
@@ -79,8 +82,11 @@ def pin(pids, cpus):
         for tid in tids:
             try:
                 os.sched_setaffinity(tid, cpus)
-            except OSError:
+            except ProcessLookupError:
                 pass
+            except OSError:
+                refused.append(tid)
+    return refused
 
 
 def cpu_ticks(pids):
@@ -914,8 +920,11 @@ class Bench:
         if len(self.cpus) < 2:
             return
         one = {self.cpus[-1]}
-        pin(proxy.pids() + [self.sink.pid], one)
         try:
+            refused = pin(proxy.pids() + [self.sink.pid], one)
+            if refused:
+                raise BenchError("%s: could not pin threads %s to one CPU"
+                                 % (proxy.name, refused))
             straight = self.paced_direct(one)
             res = self.run_client("sessions", proxy.port, self.paced_sessions, self.conc,
                                   extra=["-R", str(self.rate)], cpus=one)
@@ -936,7 +945,8 @@ class Bench:
         a, b = {self.cpus[0]}, {self.cpus[1]}
         try:
             for key, sink_cpu in (("same", a), ("cross", b)):
-                pin([self.sink.pid], sink_cpu)
+                if pin([self.sink.pid], sink_cpu):
+                    raise BenchError("could not pin the sink to one CPU")
                 p50, _ = self.paced_direct(a)
                 self.wake[key].append(p50)
                 self.raw.append("run=%d wake direct client and sink on %s: p50=%.3f ms"
