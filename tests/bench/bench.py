@@ -659,10 +659,9 @@ class Bench:
         self.raw = []          # lines for results.txt
         self.values = {n: {f[0]: [] for f in FIGS} for n in names + ["direct"]}
         self.by_round = {}     # (proxy, figure, round): value
-        txn = {"txn_p50": [], "txn_p99": [], "txn1_p50": [], "txn1_p99": []}
-        self.values["direct"].update({k: [] for k in txn})
-        for n in names:
-            self.values[n].update({k: [] for k in txn})
+        for n in names + ["direct"]:
+            self.values[n].update({k: [] for k in ("txn_p50", "txn_p99", "txn1_p50",
+                                                    "txn1_p99")})
         # the direct transaction, client and sink on one CPU, then on two
         self.wake = {"same": [], "cross": []}
         self.cpus = sorted(os.sched_getaffinity(0))

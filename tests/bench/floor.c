@@ -17,8 +17,8 @@
  *                 tickets read
  *
  * The server is set up as mailshim's listen hop: the same versions,
- * curves and cipher list (shim/tls_policy.h), server preference, session tickets
- * (TICKETS of them a handshake; default: BoringSSL's own number), its
+ * curves and cipher list (shim/tls_policy.h), server preference, session
+ * tickets (TICKETS of them a handshake; default: BoringSSL's own number), its
  * handshake configuration shed. The client offers X25519 only, as the
  * bench's load client does. Each side's time is its thread's CPU time
  * around its own calls, less the cost of reading the clock.
