@@ -619,6 +619,7 @@ class Bench:
         self.client = os.path.join(args.out, "client")
         self.sink_bin = os.path.join(args.out, "sink")
         self.floor_bin = os.path.join(args.out, "floor")
+        self.floor_peer_bin = os.path.join(args.out, "floor-openssl")
         quick = bool(os.environ.get("BENCH_QUICK"))
         self.quick = quick
         self.sessions = env_int("BENCH_SESSIONS", 300 if quick else 2000)
@@ -666,6 +667,7 @@ class Bench:
         self.wake = {"same": [], "cross": []}
         self.cpus = sorted(os.sched_getaffinity(0))
         self.floor = {}
+        self.peer_library = "OpenSSL"
         self.profile = []
         self.tls = {}
         self.failures = []
@@ -673,7 +675,8 @@ class Bench:
     # ---- setup
 
     def setup(self):
-        for f in (self.client, self.sink_bin, self.floor_bin, self.mailshim):
+        for f in (self.client, self.sink_bin, self.floor_bin, self.floor_peer_bin,
+                  self.mailshim):
             if not os.access(f, os.X_OK):
                 raise BenchError("missing executable: %s" % f)
         self.tmp = tempfile.mkdtemp(prefix="mailshim-bench.")
@@ -758,20 +761,28 @@ class Bench:
         # and what they leave out (transcript hashes, key schedule, the
         # certificate message, tickets, SSL_new and SSL_free), in memory.
         # The median of five runs: this figure is the one the ratios use.
-        whole = []
-        for _ in range(5):
-            r = subprocess.run([self.floor_bin, self.cert, self.key, "1000"],
-                               capture_output=True, text=True, timeout=120)
-            if r.returncode != 0:
-                raise BenchError("floor: status %d: %s" % (r.returncode, r.stderr.strip()))
-            whole.append(parse_kv(r.stdout.strip().splitlines()[-1]))
-            self.raw.append("floor whole handshake " + r.stdout.strip())
-        for side in ("server", "client"):
-            self.floor["hs_" + side] = statistics.median(
-                float(w["hs_%s_us" % side]) for w in whole)
-        self.raw.append("floor hs_server_us=%.1f hs_client_us=%.1f ops_server_us=%.1f "
+        # The same program built against OpenSSL gives the peers' floor
+        # ("peer_hs_*"): how much of a lead is the library's.
+        for exe, pre in ((self.floor_bin, "hs_"), (self.floor_peer_bin, "peer_hs_")):
+            whole = []
+            for _ in range(5):
+                r = subprocess.run([exe, self.cert, self.key, "1000"],
+                                   capture_output=True, text=True, timeout=120)
+                if r.returncode != 0:
+                    raise BenchError("%s: status %d: %s"
+                                     % (os.path.basename(exe), r.returncode, r.stderr.strip()))
+                whole.append(parse_kv(r.stdout.strip().splitlines()[-1]))
+                self.raw.append("floor whole handshake " + r.stdout.strip())
+            for side in ("server", "client"):
+                self.floor[pre + side] = statistics.median(
+                    float(w["hs_%s_us" % side]) for w in whole)
+            if pre == "peer_hs_":
+                self.peer_library = whole[0].get("library", "OpenSSL")
+        self.raw.append("floor hs_server_us=%.1f hs_client_us=%.1f peer_hs_server_us=%.1f "
+                        "peer_hs_client_us=%.1f ops_server_us=%.1f "
                         "ops_client_us=%.1f aes_ms_per_mib=%.3f"
                         % (self.floor["hs_server"], self.floor["hs_client"],
+                           self.floor["peer_hs_server"], self.floor["peer_hs_client"],
                            self.floor["ops_server"], self.floor["ops_client"],
                            self.floor["mib"]))
 
@@ -1286,6 +1297,35 @@ class Bench:
                        "plain->plain):")
         return out
 
+    def above_floor(self, med):
+        """Lines: each proxy's CPU per session less its own library's
+        server-side handshake floor (mailshim: BoringSSL; the peers:
+        OpenSSL), i.e. what the proxy itself adds to the library's work."""
+        fl, out = self.floor, []
+        if "peer_hs_server" not in fl:
+            return out
+        for pre, shape in (("", "implicit TLS"), ("st_", "STARTTLS->plain")):
+            for pace in ("", "_paced"):
+                fig, cells, best = pre + "cpu_session" + pace, [], None
+                for n in self.names:
+                    v = med[n][fig]
+                    if v is None:
+                        continue
+                    left = v - (fl["hs_server"] if n == "mailshim" else fl["peer_hs_server"])
+                    cells.append("%s %s" % (n, fmt(left)))
+                    if n != "mailshim" and (best is None or left < best):
+                        best = left
+                mv = med["mailshim"][fig]
+                if mv is None or best is None:
+                    continue
+                out.append("  %s, %s: %s us (mailshim / best peer %.2f)"
+                           % (shape, "paced" if pace else "saturated", ", ".join(cells),
+                              (mv - fl["hs_server"]) / best if best > 0 else float("nan")))
+        if out:
+            out.insert(0, "CPU/session less each one's own library's handshake floor (what "
+                       "the proxy adds to BoringSSL's or OpenSSL's work):")
+        return out
+
     def report(self):
         med = self.medians()
         lines = []
@@ -1339,6 +1379,11 @@ class Bench:
                          "%.3f ms/MiB"
                          % (fl["hs_server"], fl["hs_client"], fl["ops_server"],
                             fl["ops_client"], fl["mib"]))
+            if "peer_hs_server" in fl:
+                lines.append("the same handshake in the peers' library (floor.c built against "
+                             "%s, which stunnel, hitch and haproxy link): server side %.0f us, "
+                             "client side %.0f us"
+                             % (self.peer_library, fl["peer_hs_server"], fl["peer_hs_client"]))
             mm = med["mailshim"]
             multiples = []
             for fig in ("cpu_session", "cpu_session_paced", "st_cpu_session",
@@ -1360,6 +1405,7 @@ class Bench:
             for k in range(0, len(multiples), 4):
                 lines.append("  " + ", ".join(multiples[k:k + 4]))
             lines.extend(self.tls_share(med))
+            lines.extend(self.above_floor(med))
         if self.profile:
             lines.append("")
             lines.append("profile of one mailshim worker (BENCH_PROFILE=1; strace and perf "

@@ -5,7 +5,7 @@
  *   floor CERT KEY N [TICKETS]
  *
  * Runs N handshakes between a server and a client in this process, over
- * a BoringSSL BIO pair, and prints one key=value line:
+ * a BIO pair, and prints one key=value line:
  *
  *   hs_server_us  CPU per handshake on the server side: SSL_new, the
  *                 handshake (ClientHello in; ServerHello to Finished and
@@ -23,6 +23,11 @@
  * bench's load client does. Each side's time is its thread's CPU time
  * around its own calls, less the cost of reading the clock.
  *
+ * Built against OpenSSL instead (build/bench/floor-openssl, the library
+ * stunnel, hitch and haproxy link), the same program gives the floor of
+ * the peers' library: the same policy, with BoringSSL's TLS 1.3 suite
+ * order set, so both negotiate TLS_AES_128_GCM_SHA256 with X25519.
+ *
  * Exit 0 on success, 1 when a handshake failed, 2 on usage errors.
  */
 #define _GNU_SOURCE
@@ -37,6 +42,21 @@
 #include <openssl/x509.h>
 
 #include "tls_policy.h"
+
+#ifdef OPENSSL_IS_BORINGSSL
+#define LIBRARY "BoringSSL"
+#define set_ciphers(ctx) SSL_CTX_set_strict_cipher_list(ctx, TLS_DEFAULT_CIPHERS)
+#define shed_config(ssl) SSL_set_shed_handshake_config(ssl, 1)
+#define group_name(ssl) SSL_get_curve_name(SSL_get_curve_id(ssl))
+#else
+/* BoringSSL's TLS 1.3 suites, in its order (OpenSSL's puts AES-256 first). */
+#define LIBRARY "OpenSSL-" OPENSSL_VERSION_STR
+#define set_ciphers(ctx) (SSL_CTX_set_cipher_list(ctx, TLS_DEFAULT_CIPHERS) && \
+	SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:" \
+	    "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"))
+#define shed_config(ssl) ((void)(ssl))
+#define group_name(ssl) SSL_group_to_name(ssl, SSL_get_negotiated_group(ssl))
+#endif
 
 static double now_us(void)
 {
@@ -91,7 +111,7 @@ int main(int argc, char **argv)
 	    !SSL_CTX_set_min_proto_version(sctx, TLS1_2_VERSION) ||
 	    !SSL_CTX_set_max_proto_version(sctx, TLS1_3_VERSION) ||
 	    !SSL_CTX_set1_curves_list(sctx, TLS_CURVES) ||
-	    !SSL_CTX_set_strict_cipher_list(sctx, TLS_DEFAULT_CIPHERS) ||
+	    !set_ciphers(sctx) ||
 	    SSL_CTX_use_certificate_chain_file(sctx, argv[1]) != 1 ||
 	    SSL_CTX_use_PrivateKey_file(sctx, argv[2], SSL_FILETYPE_PEM) != 1 ||
 	    !SSL_CTX_set_session_id_context(sctx, (const uint8_t *)"floor", 5) ||
@@ -126,7 +146,7 @@ int main(int argc, char **argv)
 		s = SSL_new(sctx);
 		if (s == NULL)
 			die("SSL_new");
-		SSL_set_shed_handshake_config(s, 1);
+		shed_config(s);
 		SSL_set_accept_state(s);
 		SSL_set_bio(s, sb, sb);
 		srv += now_us() - t;
@@ -158,9 +178,9 @@ int main(int argc, char **argv)
 		cli += now_us() - t;
 		ccalls++;
 		if (i == 0)
-			printf("version=%s cipher=%s group=%s ",
+			printf("library=%s version=%s cipher=%s group=%s ", LIBRARY,
 			    SSL_get_version(s), SSL_CIPHER_standard_name(SSL_get_current_cipher(s)),
-			    SSL_get_curve_name(SSL_get_curve_id(s)));
+			    group_name(s));
 
 		t = now_us();
 		SSL_free(s);
