@@ -15,6 +15,9 @@ SSL_LIBS := -L$(SSL_LIB) -Wl,-rpath,$(SSL_LIB) -l:libssl.so.0 -l:libcrypto.so.0
 # $(EV_O) below), never -lev: Debian's libev.so also exports libevent-style
 # event_* functions, and libunbound's resolver thread, built on libevent,
 # would call those and corrupt memory. libunbound uses nettle, not OpenSSL.
+# The path is looked up when make reads this file: a target that installs
+# packages first (run, test, bench, soak, fuzz) builds in a second make, run
+# after deps.sh, so that on a fresh machine it sees the libev.a just installed.
 LIBEV_A  := $(shell $(CC) -print-file-name=libev.a)
 DNS_LIBS := -lunbound
 LIBS     := $(SSL_LIBS) $(DNS_LIBS)
@@ -84,7 +87,8 @@ $(FZ)/fuzz_%: tests/fuzz/fuzz_%.c $(PURE_SRC) $(wildcard shim/*.h)
 	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
 		-fno-sanitize-recover=undefined -Ishim -o $@ $< $(PURE_SRC)
 
-fuzz: deps $(addprefix $(FZ)/fuzz_,$(FUZZERS))
+fuzz: deps
+	@$(MAKE) --no-print-directory $(addprefix $(FZ)/fuzz_,$(FUZZERS))
 	@sh tests/fuzz/run.sh $(FUZZ_TIME) $(FUZZERS)
 
 deps:
@@ -93,7 +97,8 @@ deps:
 unit: $(UNIT)
 	@sh tests/run-unit.sh $(UNIT)
 
-run: deps all
+run: deps
+	@$(MAKE) --no-print-directory all
 	@sh tests/run-demo.sh
 
 # Every test: release build, sanitizer build, fuzzing (tests/suite.sh).
@@ -116,7 +121,8 @@ clean:
 # floor and the targets (tests/bench/README.md): build/bench/results.txt and
 # build/bench/bench.svg. BENCH_QUICK=1 for a short trial, BENCH_PROFILE=1
 # adds strace -c and perf of one mailshim worker.
-bench: deps all build/bench/floor
+bench: deps
+	@$(MAKE) --no-print-directory all build/bench/floor
 	@MAILSHIM=$(abspath $(BIN)) sh tests/bench/run.sh
 
 # The bench's floor: whole TLS handshakes in memory, with mailshim's
@@ -127,7 +133,8 @@ build/bench/floor: tests/bench/floor.c shim/tls_policy.h
 
 # Soak with integrity checks. Override: SOAK_MESSAGES (1000), SOAK_CONCURRENCY (50),
 # SOAK_MAX_SIZE (10485760), SOAK_ONLY, SOAK_SEED, SOAK_TIMEOUT, SOAK_KEEP.
-soak: deps all
+soak: deps
+	@$(MAKE) --no-print-directory all
 	@MAILSHIM=$(abspath $(BIN)) /usr/bin/python3 tests/soak/soak.py
 
 # `make install` (PREFIX=/usr/local, DESTDIR for staging): the binary, the
