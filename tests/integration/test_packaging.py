@@ -6,7 +6,8 @@ files (never touching a real conf.d); the systemd unit passes
 ConfigMap's included, pass `mailshim -t`; the manifests pass yamllint;
 the Dockerfile's runtime stage names only runtime packages of Debian 12
 and runs as a non-root user, and its health check works against a real
-HTTP listener."""
+HTTP listener; `make run` builds after installing what a fresh machine
+lacks."""
 
 import http.server
 import json
@@ -699,3 +700,30 @@ def test_dockerfile_build_stage_builds_from_what_it_copies(tmp_path):
             assert src.startswith("/out/") and (out / src[len("/out/"):]).exists(), src
     r = run([out / "usr/sbin/mailshim", "-V"])
     assert r.returncode == 0 and "BoringSSL" in r.stdout
+
+
+def test_make_run_builds_after_installing_on_a_fresh_machine(tmp_path):
+    """`make run` on a machine without libev-dev: deps.sh installs it, and
+    the build that follows must find the libev.a just installed, not the
+    lookup the Makefile made before. Here deps.sh is replaced by a stand-in
+    that 'installs' (a marker file) and CC by a wrapper that finds no
+    libev.a until the marker exists, as a fresh Debian 12 does."""
+    src = tmp_path / "src"
+    files = run(["git", "ls-files"], cwd=ROOT).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file():
+            (src / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / f, src / f)
+    mark = tmp_path / "installed"
+    (src / "tests" / "deps.sh").write_text("touch %s\n" % mark)
+    (src / "tests" / "run-demo.sh").write_text("exit 0\n")
+    cc = tmp_path / "cc"
+    cc.write_text('#!/bin/sh\n'
+                  'if [ "$1" = -print-file-name=libev.a ] && [ ! -e %s ]; then\n'
+                  '  echo libev.a; exit 0; fi\n'
+                  'exec cc "$@"\n' % mark)
+    cc.chmod(0o755)
+    r = run(["make", "-j2", "run", "CC=%s" % cc], cwd=src, env=clean_env(), timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert mark.exists() and (src / "mailshim").exists()
+    assert run([src / "mailshim", "-V"]).returncode == 0
