@@ -176,6 +176,9 @@ def test_healthz_and_bad_requests(metered):
     wait_until(lambda: curl(shim.mport, "/healthz")[0] == 503, 10, "503 while stopping")
     assert value(scrape(shim.mport), "mailshim_up") == 0
     c.close()
+    # The held session gone, the shim ends on its own, cleanly.
+    shim.stopped_rc = shim.proc.wait(10)
+    assert shim.stopped_rc == 0 and shim.sanitizer_report() is None
 
 
 def test_idle_scrapers_hold_nothing_of_the_workers(metered):
