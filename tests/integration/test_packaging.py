@@ -709,8 +709,9 @@ def test_make_run_builds_after_installing_on_a_fresh_machine(tmp_path):
     that 'installs' (a marker file) and CC by a wrapper that finds no
     libev.a until the marker exists, as a fresh Debian 12 does."""
     src = tmp_path / "src"
-    files = run(["git", "ls-files"], cwd=ROOT).stdout.split()
-    for f in files:
+    files = run(["git", "ls-files", "-z"], cwd=ROOT).stdout.split("\0")
+    assert "Makefile" in files
+    for f in filter(None, files):
         if (ROOT / f).is_file():
             (src / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(ROOT / f, src / f)

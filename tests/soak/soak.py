@@ -45,8 +45,9 @@ Checks, per translation:
     after those sessions closed too), plus 512 KiB of slack so a few
     pages of allocator noise on a small process do not count; growth past
     that is charged, once over the process's run, to what the worker's
-    free lists keep when full (8 relay buffers and 8 read-ahead blocks of
-    256 KiB: 4 MiB), which can fill after a warm-up; a leak exhausts it;
+    free lists keep when full (POOL_KEPT relay buffers and as many
+    read-ahead blocks: 4 MiB), which can fill after a warm-up; a leak
+    exhausts it;
   * the shim holds exactly as many file descriptors after the run, once
     every session is closed, as before the first session.
 (With an AddressSanitizer build, `make soak SAN=1`, the RSS is printed but
@@ -93,16 +94,24 @@ RSS_SLACK_KB = 512            # ... plus this much (allocator noise on small RSS
 
 def pool_budget_kb():
     """What a worker's free lists may keep once they are full: POOL_KEPT
-    relay buffers (BUF_CAP) and as many read-ahead blocks (SOCKBIO_AHEAD
-    = BUF_CAP), read from the headers the binary was built from. They fill
-    the first time that many buffers are in use at once, which may be after
-    a translation's warm-up; being bounded, they fill once per process."""
+    relay buffers of BUF_CAP and as many read-ahead blocks of SOCKBIO_AHEAD
+    (defined as BUF_CAP), read from the headers the binary was built from.
+    They fill the first time that many buffers are in use at once, which
+    may be after a translation's warm-up; being bounded, they fill once
+    per process."""
     shim = HERE.parent.parent / "shim"
-    def define(header, name):
-        m = re.search(r"#define %s \(?(\d+)(?: \* (\d+))?\)?" % name,
-                      (shim / header).read_text())
+
+    def define(header, name, value=r"\(?(\d+)(?: \* (\d+))?\)?"):
+        m = re.search(r"#define %s %s\s" % (name, value), (shim / header).read_text())
+        if not m:
+            raise RuntimeError("soak: %s is not what shim/%s defines" % (name, header))
+        return m
+
+    def number(m):
         return int(m.group(1)) * int(m.group(2) or 1)
-    return 2 * define("pool.h", "POOL_KEPT") * define("buf.h", "BUF_CAP") // 1024
+
+    define("sockbio.h", "SOCKBIO_AHEAD", "BUF_CAP")
+    return 2 * number(define("pool.h", "POOL_KEPT")) * number(define("buf.h", "BUF_CAP")) // 1024
 
 
 def tname(listen, upstream):
@@ -413,7 +422,7 @@ class Soak:
         self.results = []
         self.sanitized = False
         # The free lists' growth, allowed once over the process's run.
-        self.pool_left_kb = pool_budget_kb()
+        self.pool_kb = self.pool_left_kb = pool_budget_kb()
 
     def say(self, text):
         self.out(text)
@@ -628,7 +637,7 @@ class Soak:
             probs.append("RSS grew from %d KiB after the warm-up to %d KiB at the end "
                          "(limit %d KiB: +%d%% +%d KiB, and %d KiB left of the free "
                          "lists' %d)" % (r.rss_warm, r.rss_end, limit, RSS_TOLERANCE * 100,
-                                         RSS_SLACK_KB, self.pool_left_kb, pool_budget_kb()))
+                                         RSS_SLACK_KB, self.pool_left_kb, self.pool_kb))
         self.pool_left_kb = max(0, self.pool_left_kb - over)
         if r.fd_end != r.fd_before or r.fd_warm != r.fd_before:
             probs.append("file descriptors: %d before, %d after the warm-up, %d at the end "
