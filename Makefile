@@ -33,8 +33,10 @@ B        := build/rel
 BIN      := mailshim
 endif
 
-# Modules with no I/O: unit-tested and fuzzed alone.
-PURE     := buf pool config smtp_client smtp_server smtp_setup smtp_xclient proxy reason \
+# Modules with no I/O: unit-tested and fuzzed alone. The configuration
+# parser is several files (config.h, config_int.h).
+CONF     := config config_keys config_value config_addr config_check config_load
+PURE     := buf pool $(CONF) smtp_client smtp_server smtp_setup smtp_xclient proxy reason \
             dane http metrics tickets route
 # The rest: sockets, TLS, events.
 IO       := main listener conn endpoint sockbio relay tls verify log dns upname uplookup \
@@ -73,8 +75,9 @@ $(B):
 $(B)/unit/%: tests/unit/%.c tests/unit/unit.h $(addprefix $(B)/,$(addsuffix .o,$(PURE))) | $(B)
 	$(CC) $(CFLAGS) $(LDFLAGS) -Ishim -o $@ $< $(addprefix $(B)/,$(addsuffix .o,$(PURE)))
 
-$(DNSPROBE): tests/dnstest/dnsprobe.c $(B)/dns.o $(B)/config.o $(B)/log.o $(EV_O) | $(B)
-	$(CC) $(CFLAGS) $(LDFLAGS) -Ishim -o $@ $< $(B)/dns.o $(B)/config.o \
+CONF_O   := $(addprefix $(B)/,$(addsuffix .o,$(CONF)))
+$(DNSPROBE): tests/dnstest/dnsprobe.c $(B)/dns.o $(CONF_O) $(B)/log.o $(EV_O) | $(B)
+	$(CC) $(CFLAGS) $(LDFLAGS) -Ishim -o $@ $< $(B)/dns.o $(CONF_O) \
 		$(B)/log.o $(EV_O) $(DNS_LIBS)
 
 # libFuzzer targets: the pure modules built with clang's fuzzer runtime.

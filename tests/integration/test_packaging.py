@@ -1,5 +1,5 @@
 """Packaging against the code it ships: the man pages cover every key of
-shim/config.c's table, every command-line option and every field of the
+shim/config_keys.c's table, every command-line option and every field of the
 log line, and render without a warning; `make install` stages the right
 files (never touching a real conf.d); the systemd unit passes
 `systemd-analyze verify`; the example configurations, the Kubernetes
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG_C = ROOT / "shim" / "config.c"
+CONFIG_C = ROOT / "shim" / "config_keys.c"
 MAN8 = ROOT / "man" / "mailshim.8"
 MAN5 = ROOT / "man" / "mailshim.conf.5"
 UNIT = ROOT / "packaging" / "mailshim.service"
@@ -81,12 +81,12 @@ def clean_env(**extra):
 
 
 def table_keys():
-    """{key: 'G' or 'S'} from the one key table of shim/config.c."""
+    """{key: 'G' or 'S'} from the one key table of shim/config_keys.c."""
     text = CONFIG_C.read_text()
     keys = dict(re.findall(r'KEY\("([a-z0-9_]+)",\s*\w+\),\s*([GS])\(', text))
     names = re.findall(r'KEY\("([a-z0-9_]+)"', text)
     assert len(names) > 20 and set(names) == set(keys), \
-        "cannot read the key table of shim/config.c"
+        "cannot read the key table of shim/config_keys.c"
     return keys
 
 
@@ -167,7 +167,7 @@ def test_every_config_key_is_documented_in_its_section():
              if s in ("GLOBAL KEYS", "SERVICE KEYS")]
     docs = {n: (s, b) for s, n, b in items}
     missing = sorted(set(keys) - set(docs))
-    assert not missing, "keys of shim/config.c missing from mailshim.conf.5: %s" % missing
+    assert not missing, "keys of shim/config_keys.c missing from mailshim.conf.5: %s" % missing
     stale = sorted(set(docs) - set(keys))
     assert not stale, "mailshim.conf.5 documents keys the table lacks: %s" % stale
     assert len(items) == len(docs), "a key is documented twice"
@@ -183,7 +183,7 @@ def table_defaults():
     """{key: default} of the rows of the key table that have one."""
     text = CONFIG_C.read_text()
     macros = dict(re.findall(r'#define (\w+) "([^"]*)"', text))
-    table = text[text.index("static const struct key keys["):]
+    table = text[text.index("const struct key config_keys["):]
     table = table[table.index("{"):table.index("\n};")]
     out = {}
     for row in table.split("[K_")[1:]:

@@ -1,7 +1,7 @@
 /*
- * Unit tests of config.c. Every text is handed to the parser in a buffer of
- * exactly its length (no terminating NUL), so ASan catches any read past
- * the end of a line or file.
+ * Unit tests of the configuration parser (shim/config*.c). Every text is
+ * handed to the parser in a buffer of exactly its length (no terminating
+ * NUL), so ASan catches any read past the end of a line or file.
  */
 #include "config.h"
 #include "unit.h"
