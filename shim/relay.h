@@ -3,7 +3,7 @@
  * endpoint to a destination endpoint through one bounded buffer. The
  * buffer exists only while bytes are in flight. Reads stop while the
  * buffer is full (back-pressure reaches the sender through TCP), and what
- * may be written is decided by the caller (conn.c, through the SMTP layer),
+ * may be written is decided by the caller (conn_relay.c, through the SMTP layer),
  * which marks bytes approved.
  *
  * Half-close belongs to the pump that reached the end of its source: once

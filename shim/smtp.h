@@ -1,7 +1,7 @@
 /*
  * smtp: the pure SMTP state machine of one relayed session. Bytes in,
  * verdicts out; no I/O, no libev, no TLS library, no allocation. The caller
- * (conn.c) owns the buffers and performs what a verdict says.
+ * (the session, conn_relay.c) owns the buffers and performs what a verdict says.
  *
  * Two directions share one struct smtp:
  *  - smtp_client(): bytes the mail client sent, in order. Commands are

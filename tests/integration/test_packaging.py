@@ -91,10 +91,10 @@ def table_keys():
 
 
 def log_fields():
-    """The key=value fields of the per-connection log line, from conn.c."""
-    text = (ROOT / "shim" / "conn.c").read_text()
-    m = re.search(r'static void log_session\(.*?\n}\n', text, re.S)
-    assert m, "no log_session in shim/conn.c"
+    """The key=value fields of the per-connection log line, from conn_log.c."""
+    text = (ROOT / "shim" / "conn_log.c").read_text()
+    m = re.search(r'void log_session\(.*?\n}\n', text, re.S)
+    assert m, "no log_session in shim/conn_log.c"
     fields = re.findall(r'([a-z_]+)=(?:%|\\")', m.group(0))
     assert "conn" in fields and "result" in fields and "reason" in fields, fields
     return fields
