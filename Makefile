@@ -39,7 +39,8 @@ CONF     := config config_keys config_value config_addr config_check config_load
 PURE     := buf pool $(CONF) smtp_client smtp_server smtp_setup smtp_xclient proxy reason \
             dane http metrics tickets route
 # The rest: sockets, TLS, events.
-IO       := main listener conn conn_log conn_open conn_relay conn_events endpoint sockbio relay tls verify log dns upname uplookup \
+IO       := main generation worker super listener conn conn_log conn_open conn_relay \
+            conn_events endpoint sockbio relay tls verify log dns upname uplookup \
             metricsd handshake proxyin upsetup upxclient mxsess mxhop
 OBJS     := $(addprefix $(B)/,$(addsuffix .o,$(PURE) $(IO)))
 EV_O     := $(B)/ev.o
