@@ -40,7 +40,7 @@ PURE     := buf pool $(CONF) smtp_client smtp_server smtp_setup smtp_xclient pro
             dane http metrics tickets route
 # The rest: sockets, TLS, events.
 IO       := main generation worker super listener conn conn_log conn_open conn_relay \
-            conn_events endpoint sockbio relay tls verify log dns upname uplookup \
+            conn_events endpoint sockbio relay tls tls_keys tls_tickets verify log dns upname uplookup \
             metricsd handshake proxyin upsetup upxclient mxsess mxhop
 OBJS     := $(addprefix $(B)/,$(addsuffix .o,$(PURE) $(IO)))
 EV_O     := $(B)/ev.o

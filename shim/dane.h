@@ -4,7 +4,7 @@
  * each certificate of the peer's chain as DER (the whole certificate and
  * its SubjectPublicKeyInfo) and a digest function, and gets back which
  * records matched where. Chain and name checks for DANE-TA, which need
- * the TLS library, stay with the caller (tls.c); so does the decision
+ * the TLS library, stay with the caller (verify.c); so does the decision
  * what an outcome means for the session.
  *
  * Usable here: usages DANE-TA(2) and DANE-EE(3), selectors Cert(0) and

@@ -2,7 +2,8 @@
  * tls: the TLS contexts of a service, built once per configuration load
  * from its keys (versions, ciphers, certificates picked by SNI, upstream
  * verification and pins), and the per-session checks that follow a
- * handshake. The only module besides endpoint.c that knows BoringSSL.
+ * handshake. tls.c builds the contexts; tls_keys.c reads and checks the
+ * files the keys name; tls_tickets.c owns the session ticket keys.
  */
 #ifndef MAILSHIM_TLS_H
 #define MAILSHIM_TLS_H

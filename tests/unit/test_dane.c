@@ -1,5 +1,5 @@
 /* dane: TLSA parsing, usability and matching against a chain. The digest
- * here is a stand-in (the real SHA-2 comes from the TLS library in tls.c,
+ * here is a stand-in (the real SHA-2 comes from the TLS library in verify.c,
  * tested end to end with a signed zone); what is tested is which bytes
  * are hashed and compared, and which records count. */
 #include "dane.h"
