@@ -31,14 +31,6 @@ static void peer_text(const struct conn *c, char *out, size_t len)
 	}
 }
 
-/* Log words are quoted: a double quote inside would end them early. */
-static void unquote(char *s)
-{
-	for (; *s != '\0'; s++)
-		if (*s == '"' || *s == '\\' || *s == '\n' || *s == '\r')
-			*s = '\'';
-}
-
 void log_session(struct conn *c, enum reason why, const char *detail)
 {
 	char line[1400], client[64], words[400] = "", code[64] = "";
@@ -50,7 +42,7 @@ void log_session(struct conn *c, enum reason why, const char *detail)
 	peer_text(c, client, sizeof(client));
 	if (why != R_NONE) {
 		reason_format(why, detail, words, sizeof(words));
-		unquote(words);
+		log_unquote(words);
 	}
 	if (rpt != NULL)
 		snprintf(code, sizeof(code), " reason_code=%s", rpt);
@@ -58,7 +50,7 @@ void log_session(struct conn *c, enum reason why, const char *detail)
 	if (c->cl.ssl != NULL && c->svc->svc->listen_client_ca != NULL &&
 	    strcmp(c->cl_ver, "none") != 0 &&
 	    tls_peer_subject(c->cl.ssl, subject, sizeof(subject)) != NULL) {
-		unquote(subject);
+		log_unquote(subject);
 		snprintf(cert, sizeof(cert), " client_cert=\"%s\"", subject);
 	}
 	n = snprintf(line, sizeof(line),

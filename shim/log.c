@@ -293,11 +293,17 @@ static void report_drops(void)
 		put(LEVEL_WARN, line, (size_t)n);
 }
 
+void log_unquote(char *s)
+{
+	for (; *s != '\0'; s++)
+		if (*s == '"' || *s == '\\' || *s == '\n' || *s == '\r')
+			*s = '\'';
+}
+
 void log_msg(enum log_level level, const char *fmt, ...)
 {
 	char line[2048], msg[1600];
 	va_list ap;
-	size_t i, j = 0;
 	int n;
 
 	if (!log_enabled(level))
@@ -306,13 +312,7 @@ void log_msg(enum log_level level, const char *fmt, ...)
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
 	/* Quote the message so a log parser can split key=value safely. */
-	for (i = 0; msg[i] != '\0' && j < sizeof(msg) - 2; i++) {
-		char ch = msg[i];
-		if (ch == '"' || ch == '\\' || ch == '\n' || ch == '\r')
-			ch = '\'';
-		msg[j++] = ch;
-	}
-	msg[j] = '\0';
+	log_unquote(msg);
 	n = snprintf(line, sizeof(line), "level=%s msg=\"%s\"", level_names[level], msg);
 	if (n > 0)
 		log_line(level, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);

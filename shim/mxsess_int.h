@@ -1,7 +1,8 @@
 /*
- * mxsess_int: what the two halves of the outbound relay's session share.
- * mxsess.c owns the session and the client's side (greeting, commands,
- * the body, the log line); mxhop.c binds a transaction to an MX host and
+ * mxsess_int: what the parts of the outbound relay's session share.
+ * mxsess.c owns the session and the client's side (greeting, the
+ * command lines, the body), mxsess_cmd.c the client's commands and the
+ * transaction's log line; mxhop.c binds a transaction to an MX host and
  * drives that hop (MX, address and TLSA lookups, connect, EHLO, STARTTLS,
  * the policy check, MAIL FROM and RCPT replayed, DATA and its end).
  */
@@ -102,6 +103,12 @@ int mx_say(struct mxsess *s, const char *r);
 int mx_answered(struct mxsess *s);       /* the MX work for a command is done */
 void mx_tx_end(struct mxsess *s);        /* log the transaction, QUIT the MX */
 void mx_addr_text(const struct sockaddr *a, char *out, size_t len);
+
+/* mxsess_cmd.c: the client's commands. */
+int mx_command(struct mxsess *s, const char *line, size_t len);  /* one line, CRLF and all */
+int mx_close_after(struct mxsess *s, const char *r);  /* reply r (or none), then close */
+const char *mx_helo_name(const struct mxsess *s, char *out, size_t len);  /* the name we greet with */
+void mx_log_tx(struct mxsess *s, enum reason why, const char *detail);  /* the log line */
 
 /* mxhop.c: the MX hop. Each returns 1 on progress, 0 when it waits, and
  * -1 when out of memory (the session then closes). */
