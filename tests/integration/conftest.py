@@ -6,7 +6,8 @@ Run with Debian's interpreter (it sees python3-pytest and python3-aiosmtpd):
 
     MAILSHIM=$PWD/mailshim /usr/bin/python3 -m pytest -q tests/integration
 
-The classes and functions behind them live in harness.py.
+The classes and functions behind them live in harness.py (processes,
+ports, certificates, the shim), peers.py, clients.py and messages.py.
 """
 
 import os
@@ -15,8 +16,9 @@ import shutil
 import pytest
 
 import tools
-from harness import (Aiosmtpd, HarnessError, Ports, PrivatePostfix, Procs, RawServer, Shim,
-                     SmtpSink, make_pki, mailshim_binary, public_dir)
+from harness import (HarnessError, Ports, Procs, Shim, make_pki, mailshim_binary,
+                     public_dir)
+from peers import Aiosmtpd, PrivatePostfix, RawServer, SmtpSink
 
 
 def pytest_sessionstart(session):

@@ -48,7 +48,7 @@ import struct
 import threading
 import time
 
-from harness import loopback_listener
+from peers import loopback_listener
 
 CRLF = b"\r\n"
 STEP_TIMEOUT = 10.0      # default bound of one step

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from harness import SmtpConn, service, smtp_send
+from harness import service
+from clients import SmtpConn, smtp_send
 
 
 def leaf(pki, directory, name, cn, san=None):

@@ -12,8 +12,10 @@ import time
 
 import pytest
 
-from harness import (SmtpConn, client_context, dot_stuff, expected_received, make_message,
-                     run_shim, s_client, service, sha256, smtp_send, swaks)
+from harness import run_shim, service
+from clients import (SmtpConn, client_context, dot_stuff, expected_received, s_client,
+                     smtp_send, swaks)
+from messages import make_message, sha256
 
 LOG_KEYS = ("conn", "service", "client", "listen_tls", "listen_cipher", "upstream",
             "upstream_tls", "upstream_auth", "bytes_in", "bytes_out", "ms", "result")

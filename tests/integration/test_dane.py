@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from dnszone import DnsServer, Zone, tlsa
-from harness import make_message, sha256, expected_received
+from clients import expected_received
+from messages import make_message, sha256
 
 DAY = datetime.timedelta(days=1)
 

@@ -21,8 +21,8 @@ import pytest
 from test_valgrind import VALGRIND, VALGRIND_ARGS, report_problems
 
 from dnszone import DnsServer, Zone, tlsa, tlsa_wire_hex
-from harness import (REPO, SANITIZER_MARKS, HarnessError, Procs, mailshim_binary, parse_kv,
-                     wait_until)
+from harness import (REPO, SANITIZER_MARKS, HarnessError, Procs, mailshim_binary,
+                     parse_kv, wait_until)
 
 NHOSTS = 50
 

@@ -18,8 +18,9 @@ import time
 
 import pytest
 
-from harness import (HarnessError, tail, dot_stuff, expected_received, fd_count, make_message, proc_tree, s_client,
-                     service, sha256, swaks, wait_until)
+from harness import HarnessError, tail, fd_count, proc_tree, service, wait_until
+from clients import dot_stuff, expected_received, s_client, swaks
+from messages import make_message, sha256
 from hostile import (client_hello, expect_closed, expect_line, expect_reply, reset,
                      reset_socket, send, send_bulk, send_slowly, serve_smtp, stall)
 

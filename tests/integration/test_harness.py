@@ -8,18 +8,19 @@ import time
 
 import pytest
 
-import harness
-from harness import (expected_received, make_message, s_client, sha256, smtp_send, swaks,
-                     wait_listening)
+from harness import listening, proc_tree
+from peers import header_value, wait_listening
+from clients import dot_stuff, expected_received, s_client, smtp_send, swaks
+from messages import KINDS, make_message, sha256
 
 
 def test_make_message_shapes():
-    for kind in harness.KINDS:
+    for kind in KINDS:
         for size in (0, 2, 3, 7, 1000, 70000):
             tid, msg = make_message(size, 7, kind)
             head, body = msg.split(b"\r\n\r\n", 1)
             assert len(body) == size
-            assert harness.header_value(msg, "X-Test-Id") == tid.encode()
+            assert header_value(msg, "X-Test-Id") == tid.encode()
             stripped = body.replace(b"\r\n", b"")
             assert b"\r" not in stripped and b"\n" not in stripped
             assert body == b"" or body.endswith(b"\r\n")
@@ -85,7 +86,7 @@ def test_s_client_dialogue(aiosmtpd, pki):
     srv = aiosmtpd("implicit")
     tid, msg = make_message(3000, 14, "dots")
     script = ["EHLO client.test", "MAIL FROM:<s@client.test>", "RCPT TO:<r@legacy.test>",
-              "DATA"] + [harness.dot_stuff(msg) + b".\r\n", "QUIT"]
+              "DATA"] + [dot_stuff(msg) + b".\r\n", "QUIT"]
     r = s_client(srv.port, script, cafile=pki.ca, servername="legacy.test")
     assert r.handshake_ok and r.verification == "OK", r
     assert r.lines()[0].startswith("220")
@@ -132,13 +133,13 @@ def test_private_postfix(postfix, pki, workdir):
     assert master and os.path.exists("/proc/%d" % master)
     pf.stop()
     assert not os.path.exists("/proc/%d" % master)
-    assert not harness.listening(pf.smtp_port)
+    assert not listening(pf.smtp_port)
 
 
 def test_procs_kill_whole_group(procs):
     p = procs.start("tree", ["sh", "-c", "sleep 300 & sleep 300 & wait"])
     time.sleep(0.2)
-    kids = [pid for pid in harness.proc_tree(p.pid) if pid != p.pid]
+    kids = [pid for pid in proc_tree(p.pid) if pid != p.pid]
     assert len(kids) == 2
     procs.stop(p)
     time.sleep(0.1)

@@ -13,7 +13,9 @@ import time
 
 import pytest
 
-from harness import make_message, service, sha256, smtp_send
+from harness import service
+from clients import smtp_send
+from messages import make_message, sha256
 from hostile import (close, expect_closed, expect_line, expect_reply, read_until, reset, send,
                      send_bulk, serve_smtp, sleep, stall, starttls)
 

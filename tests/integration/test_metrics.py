@@ -11,7 +11,9 @@ import subprocess
 
 import pytest
 
-from harness import SmtpConn, make_message, proc_tree, service, smtp_send, wait_until
+from harness import proc_tree, service, wait_until
+from clients import SmtpConn, smtp_send
+from messages import make_message
 
 
 def curl(port, path="/metrics", method=None):

@@ -14,7 +14,9 @@ import time
 import pytest
 
 from dnszone import DnsServer, Zone, tlsa
-from harness import make_message, postfix_main_add, wait_until
+from harness import wait_until
+from peers import postfix_main_add
+from messages import make_message
 from test_dane import Pki
 
 # The MX host names the test CA's leaf certificate carries (DANE-TA and
@@ -460,7 +462,7 @@ def test_smuggled_end_of_data_is_refused(scene):
 
 def start_sender(scene, procs, ports, pki, pubdir, *extra):
     import os
-    from harness import PrivatePostfix
+    from peers import PrivatePostfix
     if os.geteuid() != 0:
         pytest.skip("a private Postfix instance needs root")
     pf = PrivatePostfix(procs, ports, pki.upstream, pki.upstream_key,

@@ -10,8 +10,10 @@ import ssl
 
 import pytest
 
-from harness import (SmtpConn, expected_received, make_message, service, sha256, tail,
-                     wait_listening)
+from harness import service, tail
+from peers import wait_listening
+from clients import SmtpConn, expected_received
+from messages import make_message, sha256
 
 HAPROXY = "/usr/sbin/haproxy"
 

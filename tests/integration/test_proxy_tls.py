@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from harness import s_client, service, tail, wait_until
+from harness import service, tail, wait_until
+from clients import s_client
 
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 

@@ -27,8 +27,9 @@ import zlib
 
 import pytest
 
-from harness import (PrivatePostfix, Procs, SmtpConn, client_context, header_value,
-                     postfix_main_add, public_dir, service)
+from harness import Procs, public_dir, service
+from peers import PrivatePostfix, header_value, postfix_main_add
+from clients import SmtpConn, client_context
 from hostile import expect_line, send, serve_smtp, sleep, stall
 
 pytestmark = pytest.mark.postfix

@@ -17,7 +17,9 @@ import time
 
 import pytest
 
-from harness import expected_received, make_message, service, sha256
+from harness import service
+from clients import expected_received
+from messages import make_message, sha256
 
 CRLF = b"\r\n"
 

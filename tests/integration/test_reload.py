@@ -4,7 +4,8 @@ configuration is refused while the old one keeps serving."""
 
 import signal
 
-from harness import HarnessError, SmtpConn, conf_text, service, swaks, wait_until
+from harness import HarnessError, conf_text, service, wait_until
+from clients import SmtpConn, swaks
 
 
 def reloads(shim, word, before):
@@ -85,12 +86,12 @@ import re
 import shutil
 import socket
 import ssl
-import subprocess
 import time
 
 import pytest
 
-from harness import HarnessError, proc_tree, s_client_session
+from harness import proc_tree
+from clients import s_client_session
 
 
 def workers(shim):

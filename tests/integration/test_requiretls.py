@@ -6,7 +6,8 @@ upstream. The upstream here is a scripted TLS server offering it."""
 
 import pytest
 
-from harness import SmtpConn, client_context, service
+from harness import service
+from clients import SmtpConn
 from hostile import expect_line, send, stall
 
 EHLO = b"250-fake.test\r\n250-REQUIRETLS\r\n250 8BITMIME\r\n"

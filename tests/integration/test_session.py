@@ -11,12 +11,12 @@ import signal
 import smtplib
 import socket
 import subprocess
-import threading
 import time
 
 import pytest
 
-from harness import SmtpConn, s_client, service, wait_until
+from harness import service, wait_until
+from clients import SmtpConn, s_client
 from hostile import expect_line, read_until, send, sleep, stall
 
 CRLF = b"\r\n"

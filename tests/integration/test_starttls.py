@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from harness import (SmtpConn, client_context, dot_stuff, expected_received, make_message,
-                     service, sha256, swaks)
+from harness import service
+from clients import SmtpConn, client_context, dot_stuff, expected_received, swaks
+from messages import make_message, sha256
 
 TLS_VERSION = re.compile(r"TLSv1\.[23]\Z")
 HELO_NAME = "shim.test"     # the [global] helo_name make_shim writes

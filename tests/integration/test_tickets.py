@@ -11,7 +11,8 @@ import signal
 
 import pytest
 
-from harness import Shim, run_shim, s_client_session, service, wait_until
+from harness import Shim, run_shim, service, wait_until
+from clients import s_client_session
 
 
 def key(size):

@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from harness import Procs, Shim, SmtpSink, public_dir, service, tail
+from harness import Procs, Shim, public_dir, service, tail
+from peers import SmtpSink
 
 pytestmark = pytest.mark.slow
 

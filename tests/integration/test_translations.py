@@ -9,8 +9,10 @@ import time
 
 import pytest
 
-from harness import (SmtpConn, client_context, dot_stuff, expected_received, make_message,
-                     s_client, service, sha256, smtp_send, swaks)
+from harness import service
+from clients import (SmtpConn, client_context, dot_stuff, expected_received, s_client,
+                     smtp_send, swaks)
+from messages import make_message, sha256
 
 MODES = ("plain", "starttls", "implicit")
 CELLS = [(l, u) for l in MODES for u in MODES]

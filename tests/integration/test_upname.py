@@ -11,7 +11,8 @@ import time
 import pytest
 
 from dnszone import DnsServer, Zone
-from harness import make_message, wait_until
+from harness import wait_until
+from messages import make_message
 
 
 class TinySmtp:
@@ -163,7 +164,7 @@ def test_dns_down_keeps_the_last_good_answer(make_shim, ports, procs, workdir, t
 def test_a_name_that_does_not_resolve_refuses_only_its_sessions(make_shim, ports, procs,
                                                                  workdir, tiny):
     up_port, port, port2 = ports.many(3)
-    up = tiny("127.0.0.1", up_port)
+    tiny("127.0.0.1", up_port)
     dns = DnsServer(procs, ports, workdir, zones(["other A 127.0.0.1"]))
     text = conf(dns.port, port, "later.names.test", up_port, "timeout_dns = 1s")
     text += "\n[ok]\nlisten = 127.0.0.1:%d\nupstream = 127.0.0.1:%d\n" % (port2, up_port)

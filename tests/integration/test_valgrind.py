@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import Shim, SmtpConn, client_context, tail, wait_until
+from harness import Shim, tail, wait_until
+from clients import SmtpConn, client_context
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "soak"))
 import soak  # noqa: E402

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from harness import proc_tree, service, swaks, wait_until
+from harness import proc_tree, service, wait_until
+from clients import swaks
 
 
 def worker_pids(shim):
@@ -51,7 +52,8 @@ import select
 import socket
 import subprocess
 
-from harness import SmtpConn, mailshim_binary
+from harness import mailshim_binary
+from clients import SmtpConn
 
 
 def limited(workdir, soft, hard):

@@ -23,8 +23,9 @@ import zlib
 
 import pytest
 
-from harness import (PrivatePostfix, Procs, SmtpConn, header_value, postfix_main_add,
-                     public_dir, service)
+from harness import Procs, public_dir, service
+from peers import PrivatePostfix, header_value, postfix_main_add
+from clients import SmtpConn
 from hostile import expect_closed, expect_line, send, serve_smtp, sleep, stall
 
 REFUSED_REPLY = "421 4.7.0"
@@ -187,7 +188,7 @@ def test_ehlo_after_the_listen_hops_starttls(make_shim, ports, pki, pf, request)
     shim, port = start_shim(make_shim, ports, pki, pf.smtp_port, listen="starttls",
                             listen_plain_from="any")
     tid = uid(request)
-    from harness import client_context
+    from clients import client_context
     with BoundConn(port, "127.0.0.5") as c:
         assert c.reply()[0] == 220
         code, lines = c.cmd("EHLO before.tls.test")

@@ -80,7 +80,8 @@ REPO = HERE.parent.parent
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 from harness import (HarnessError, Ports, Procs, Shim, make_pki, mailshim_binary,  # noqa: E402
-                     tail, wait_listening, wait_until)
+                     tail, wait_until)
+from peers import wait_listening  # noqa: E402
 
 PYTHON = "/usr/bin/python3"
 HASHSINK = HERE / "hashsink.py"
