@@ -70,8 +70,10 @@ def run(argv, **kw):
 
 def clean_env(**extra):
     # `make test` runs this suite from make: a child make must not inherit
-    # the outer one's jobserver.
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    # the outer one's jobserver, nor `make test SAN=1`'s SAN (make exports
+    # a command line's variables), which would build elsewhere.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "SAN")}
     env.update(extra)
     return env
 
