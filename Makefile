@@ -41,7 +41,7 @@ PURE     := buf pool $(CONF) smtp_client smtp_server smtp_setup smtp_xclient pro
 # The rest: sockets, TLS, events.
 IO       := main generation worker super listener conn conn_log conn_open conn_relay \
             conn_events endpoint sockbio relay tls tls_keys tls_tickets verify log dns upname uplookup \
-            metricsd handshake proxyin upsetup upxclient mxsess mxsess_cmd mxhop
+            metricsd handshake proxyin upsetup upxclient mxsess mxsess_cmd mxhop mxroute
 OBJS     := $(addprefix $(B)/,$(addsuffix .o,$(PURE) $(IO)))
 EV_O     := $(B)/ev.o
 # The DNS module's test driver (tests/dnstest/, run by test_dns.py).

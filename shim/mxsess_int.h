@@ -116,7 +116,15 @@ void mx_up_enter(struct mxsess *s, enum up_state st);
 void mx_up_close(struct mxsess *s, bool quit);   /* QUIT (if at a boundary) and close */
 int mx_up_io(struct mxsess *s);          /* the MX socket's turn */
 int mx_up_broke(struct mxsess *s, enum reason why, const char *detail);  /* reset, timeout */
-int mx_bind_start(struct mxsess *s);     /* first RCPT of s->dom: find an MX */
 int mx_send_up(struct mxsess *s, const char *p, size_t n, enum up_state next);
+int mx_addr_connect(struct mxsess *s);   /* connect to the host's next address */
+
+/* mxroute.c: the choice of MX host, the same returns. */
+int mx_bind_start(struct mxsess *s);     /* first RCPT of s->dom: find an MX */
+int mx_host_next(struct mxsess *s);      /* the next host, or the RCPT's answer */
+int mx_host_fail(struct mxsess *s, enum reason why, const char *detail);  /* then the next */
+void mx_note(struct mxsess *s, enum reason why, const char *detail);  /* keep the worst */
+int mx_rcpt_final(struct mxsess *s, const char *r, size_t n, enum reason why,
+    const char *detail);                 /* answer the RCPT, let the MX go */
 
 #endif
