@@ -36,7 +36,7 @@ endif
 # Modules with no I/O: unit-tested and fuzzed alone. The configuration
 # parser is several files (config.h, config_int.h).
 CONF     := config config_keys config_value config_addr config_check config_load
-PURE     := buf pool $(CONF) smtp_client smtp_server smtp_setup smtp_xclient proxy reason \
+PURE     := buf pool $(CONF) smtp_client smtp_body smtp_server smtp_setup smtp_xclient proxy reason \
             dane http metrics tickets route
 # The rest: sockets, TLS, events.
 IO       := main generation worker super listener conn conn_log conn_open conn_relay \

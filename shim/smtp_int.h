@@ -83,6 +83,9 @@ uint8_t smtp_qpop(struct smtp *s);
 bool smtp_tls_offered(const struct smtp *s);
 bool smtp_tls_required(const struct smtp *s);
 
+/* A DATA body, up to its end-of-data line (smtp_body.c). */
+struct smtp_result smtp_body(struct smtp *s, const uint8_t *p, size_t len);
+
 /* Bytes (smtp_client.c). */
 bool smtp_space(uint8_t c);
 bool smtp_same(const uint8_t *p, const char *w, size_t n);
