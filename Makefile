@@ -40,7 +40,7 @@ PURE     := buf pool $(CONF) smtp_client smtp_body smtp_server smtp_setup smtp_x
             dane http metrics tickets route
 # The rest: sockets, TLS, events.
 IO       := main generation worker super listener conn conn_log conn_open conn_relay \
-            conn_events endpoint sockbio relay tls tls_keys tls_tickets verify log dns upname uplookup \
+            conn_events endpoint sockbio relay tls tls_keys tls_tickets verify log dns dns_setup upname uplookup \
             metricsd handshake proxyin upsetup upxclient mxsess mxsess_cmd mxhop mxroute
 OBJS     := $(addprefix $(B)/,$(addsuffix .o,$(PURE) $(IO)))
 EV_O     := $(B)/ev.o
@@ -77,8 +77,9 @@ $(B)/unit/%: tests/unit/%.c tests/unit/unit.h $(addprefix $(B)/,$(addsuffix .o,$
 	$(CC) $(CFLAGS) $(LDFLAGS) -Ishim -o $@ $< $(addprefix $(B)/,$(addsuffix .o,$(PURE)))
 
 CONF_O   := $(addprefix $(B)/,$(addsuffix .o,$(CONF)))
-$(DNSPROBE): tests/dnstest/dnsprobe.c $(B)/dns.o $(CONF_O) $(B)/log.o $(EV_O) | $(B)
-	$(CC) $(CFLAGS) $(LDFLAGS) -Ishim -o $@ $< $(B)/dns.o $(CONF_O) \
+$(DNSPROBE): tests/dnstest/dnsprobe.c $(B)/dns.o $(B)/dns_setup.o $(CONF_O) $(B)/log.o \
+    $(EV_O) | $(B)
+	$(CC) $(CFLAGS) $(LDFLAGS) -Ishim -o $@ $< $(B)/dns.o $(B)/dns_setup.o $(CONF_O) \
 		$(B)/log.o $(EV_O) $(DNS_LIBS)
 
 # libFuzzer targets: the pure modules built with clang's fuzzer runtime.
