@@ -26,19 +26,24 @@ class BenchError(Exception):
 # --------------------------------------------------------------------------
 # /proc
 
+def stat_fields(pid):
+    """The fields of /proc/PID/stat after the command name (rest[0] is
+    field 3 of proc(5)), or None when the process is gone."""
+    try:
+        with open("/proc/%s/stat" % pid) as f:
+            s = f.read()
+    except OSError:
+        return None
+    return s[s.rindex(")") + 2:].split()
+
+
 def proc_tree(root):
     """root and every descendant process, from /proc/*/stat parent links."""
     children = {}
     for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as f:
-                s = f.read()
-        except OSError:
-            continue
-        rest = s[s.rindex(")") + 2:].split()
-        children.setdefault(int(rest[1]), []).append(int(d))
+        rest = stat_fields(d) if d.isdigit() else None
+        if rest is not None:
+            children.setdefault(int(rest[1]), []).append(int(d))
     out, todo = [], [root]
     while todo:
         p = todo.pop()
@@ -73,14 +78,10 @@ def cpu_ticks(pids):
     cutime+cstime (its children that exited and were reaped), in ticks."""
     total = 0
     for p in pids:
-        try:
-            with open("/proc/%d/stat" % p) as f:
-                s = f.read()
-        except OSError:
-            continue
-        rest = s[s.rindex(")") + 2:].split()
-        # fields 14-17 of proc(5); rest[0] is field 3
-        total += sum(int(x) for x in rest[11:15])
+        rest = stat_fields(p)
+        if rest is not None:
+            # fields 14-17 of proc(5)
+            total += sum(int(x) for x in rest[11:15])
     return total
 
 
