@@ -13,7 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/digest.h>
 #include <openssl/err.h>
+#include <openssl/sha.h>
 #include <openssl/x509v3.h>
 
 /* The defaults when none are configured (tls_policy.h). */
@@ -70,9 +72,43 @@ static int servername_cb(SSL *ssl, int *alert, void *arg)
 	return SSL_TLSEXT_ERR_OK;
 }
 
+/* The session ID context a resumed session must have been made under:
+ * the service's name and its client CAs, so that a session (or a ticket,
+ * whose keys all services share and reloads keep) made where no client
+ * certificate was asked, or under other CAs, never resumes where one is
+ * required: BoringSSL does not ask for a certificate again on resumption.
+ * The same configuration gives the same context on every worker, load and
+ * machine, so tickets still resume there. */
+static int listen_sid_ctx(SSL_CTX *ctx, const struct service *svc)
+{
+	static const char tag[] = "mailshim listen";
+	unsigned char sid[SHA256_DIGEST_LENGTH], md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen;
+	SHA256_CTX h;
+	size_t i;
+
+	SHA256_Init(&h);
+	SHA256_Update(&h, tag, sizeof(tag));
+	SHA256_Update(&h, svc->name, strlen(svc->name) + 1);
+	if (svc->listen_client_ca != NULL) {
+		STACK_OF(X509_OBJECT) *objs = X509_STORE_get0_objects(SSL_CTX_get_cert_store(ctx));
+
+		for (i = 0; i < sk_X509_OBJECT_num(objs); i++) {
+			X509 *x = X509_OBJECT_get0_X509(sk_X509_OBJECT_value(objs, i));
+
+			if (x == NULL)
+				continue;
+			if (!X509_digest(x, EVP_sha256(), md, &mdlen))
+				return -1;
+			SHA256_Update(&h, md, mdlen);
+		}
+	}
+	SHA256_Final(sid, &h);
+	return SSL_CTX_set_session_id_context(ctx, sid, sizeof(sid)) == 1 ? 0 : -1;
+}
+
 static SSL_CTX *listen_ctx(const struct where *w, struct svc_tls *t, size_t i)
 {
-	static const unsigned char sid[] = "mailshim";
 	const struct service *svc = w->svc;
 	const struct certkey *ck = &svc->certs[i];
 	SSL_CTX *ctx = ctx_common(w, svc->listen_min_version, svc->listen_ciphers,
@@ -83,12 +119,16 @@ static SSL_CTX *listen_ctx(const struct where *w, struct svc_tls *t, size_t i)
 	if (tls_use_pair(w, ctx, "listen_cert", "listen_key", i, ck->cert, ck->key) < 0)
 		goto err;
 	SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
-	SSL_CTX_set_session_id_context(ctx, sid, sizeof(sid) - 1);
 	tls_tickets_use(ctx, t->tickets);
 	if (svc->listen_client_ca != NULL) {
 		if (tls_use_ca(w, ctx, "listen_client_ca", svc->listen_client_ca, 1) < 0)
 			goto err;
 		SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+	}
+	if (listen_sid_ctx(ctx, svc) < 0) {
+		tls_key_fail(w, "listen_client_ca", 0, svc->listen_client_ca,
+		    "cannot make the session ID context");
+		goto err;
 	}
 	SSL_CTX_set_tlsext_servername_callback(ctx, servername_cb);
 	SSL_CTX_set_tlsext_servername_arg(ctx, t);

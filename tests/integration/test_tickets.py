@@ -197,3 +197,59 @@ def test_check_refuses_the_key_without_a_tls_listener(workdir, pki):
     assert r.returncode == 1
     assert re.search(r"test\.conf:3: tls_ticket_keys is set but no listener uses TLS",
                      r.stderr), r.stderr
+
+
+def try_session(port, version, sess_in=None, sess_out=None, cert=None, key=None):
+    """'New', 'Reused' or None (no handshake finished) for one s_client
+    session that the shim may refuse."""
+    text = s_client_session(port, sess_out, sess_in, version, cert, key, must_end=False)
+    m = re.search(r"(?m)^(New|Reused), TLSv1\.[23]", text)
+    return (m.group(1) if m else None), text
+
+
+@pytest.mark.parametrize("version", ["tls1_2", "tls1_3"])
+def test_a_session_resumes_only_where_it_was_checked(make_shim, smtp_sink, ports, pki,
+                                                     workdir, version):
+    """A ticket (whose keys every service shares and reloads keep) made
+    where no client certificate was asked, or under other client CAs, is a
+    full handshake where one is required, so the certificate is asked for
+    and checked; within one service, and across a reload that keeps its
+    CAs, tickets go on resuming."""
+    sink = smtp_sink()
+    a, b, c = ports.many(3)
+    cfg = {"a": service(a, sink.port, "implicit", pki=pki),
+           "b": service(b, sink.port, "implicit", pki=pki, listen_client_ca=pki.ca),
+           "c": service(c, sink.port, "implicit", pki=pki, listen_client_ca=pki.other_ca)}
+    shim = make_shim(cfg)
+    good = (pki.client, pki.client_key)
+    other = (pki.otherca_client, pki.otherca_client_key)
+    s_a, s_b, s_c = (workdir / ("%s.sess" % n) for n in "abc")
+    assert try_session(a, version, sess_out=s_a)[0] == "New"
+    assert try_session(b, version, sess_out=s_b, cert=good[0], key=good[1])[0] == "New"
+    assert try_session(c, version, sess_out=s_c, cert=other[0], key=other[1])[0] == "New"
+    assert shim.wait_log(count=3) and all(d["result"] == "ok" for d in shim.log_lines())
+
+    # The same service, the same certificate: resumed.
+    got, text = try_session(b, version, sess_in=s_b, cert=good[0], key=good[1])
+    assert got == "Reused", text[-2000:]
+    # Another service's sessions: a full handshake, and the certificate
+    # (none, or one of another CA) refused.
+    for sess, cert in ((s_a, (None, None)), (s_c, other)):
+        got, text = try_session(b, version, sess_in=sess, cert=cert[0], key=cert[1])
+        assert got != "Reused", text[-2000:]
+    lines = shim.wait_log(count=6)
+    assert [d["result"] for d in lines[3:]] == ["ok", "refused", "refused"], \
+        [d["_line"] for d in lines]
+    assert all("client_cert" not in d for d in lines[4:]), [d["_line"] for d in lines]
+
+    # a asks for a certificate after a reload: its old session no longer
+    # resumes there; b's, its CAs unchanged, still does.
+    cfg["a"] = service(a, sink.port, "implicit", pki=pki, listen_client_ca=pki.ca)
+    shim.write_conf(cfg)
+    reload(shim)
+    got, text = try_session(a, version, sess_in=s_a)
+    assert got != "Reused", text[-2000:]
+    got, text = try_session(b, version, sess_in=s_b, cert=good[0], key=good[1])
+    assert got == "Reused", text[-2000:]
+    lines = shim.wait_log(count=8)
+    assert [d["result"] for d in lines[6:]] == ["refused", "ok"], [d["_line"] for d in lines]
