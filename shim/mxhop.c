@@ -212,6 +212,9 @@ static int up_reply(struct mxsess *s, int code, const char *p, size_t n)
 		mx_set_timer(s, s->svc->svc->timeout_idle_ms);
 		return 1;
 	case U_DOT:
+		/* Before the end of data was sent: the MX does not follow. */
+		if (s->phase == PH_BODY)
+			return mx_up_broke(s, R_UP_SMTP, "MX replied before the end of data");
 		if (mx_reply(s, p, n) < 0)
 			return -1;
 		s->delivered = code / 100 == 2;
@@ -240,7 +243,12 @@ int mx_up_broke(struct mxsess *s, enum reason why, const char *detail)
 	case U_DNS:
 		return mx_rcpt_final(s, LIT("451 4.4.3 DNS lookup timed out\r\n"), R_MX_LOOKUP,
 		    "timeout");
-	case U_RCPT: case U_DATA: case U_DOT:
+	case U_DOT:
+		s->tx_why = why;
+		snprintf(s->tx_detail, sizeof(s->tx_detail), "%s", detail ? detail : "");
+		mx_up_close(s, false);
+		return mx_body_lost(s);
+	case U_RCPT: case U_DATA:
 		s->up_lost = true;
 		s->tx_why = why;
 		mx_up_close(s, false);

@@ -116,10 +116,20 @@ static int body_scan(struct mxsess *s)
 		mx_tx_end(s);
 		return mx_close_after(s, "554 5.5.2 Bare CR or LF around end-of-data refused\r\n");
 	}
-	s->cin.b->fwd += (uint32_t)n;
+	if (s->discard)
+		buf_cut(s->cin.b, n);
+	else
+		s->cin.b->fwd += (uint32_t)n;
 	s->body_bytes += n;
 	if (n > 0 && r != ROUTE_BODY_END)
 		touch(s);
+	if (r == ROUTE_BODY_END && s->discard) {
+		if (mx_body_dropped(s) < 0) {
+			sess_close(s, R_NO_MEMORY, NULL);
+			return GONE;
+		}
+		return 1;
+	}
 	if (r == ROUTE_BODY_END) {
 		s->phase = PH_WAIT;
 		mx_set_timer(s, s->svc->svc->timeout_reply_ms);

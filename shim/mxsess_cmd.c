@@ -59,13 +59,36 @@ void mx_tx_end(struct mxsess *s)
 	else
 		mx_log_tx(s, R_NONE, NULL);
 	mx_up_close(s, true);
-	s->tx = s->bound = s->delivered = s->up_lost = false;
+	s->tx = s->bound = s->delivered = s->up_lost = s->discard = false;
 	s->nrcpt = 0;
 	s->body_bytes = 0;
 	s->tx_why = R_NONE;
 	s->tx_detail[0] = '\0';
 	s->host[0] = s->up_text[0] = '\0';
 	s->up_ver = s->up_auth = "none";
+}
+
+/* The end of data of a body whose MX is gone: the transaction is over. */
+int mx_body_dropped(struct mxsess *s)
+{
+	s->discard = false;
+	mx_tx_end(s);
+	if (mx_say(s, "451 4.4.2 The MX host closed the connection or timed out\r\n") < 0)
+		return -1;
+	return mx_answered(s);
+}
+
+/* The MX closed, timed out or answered before its reply to the end of
+ * data. A client still in its body goes on sending it: the rest is read
+ * to its end and dropped, never taken as commands, and the end of data
+ * gets the answer where the client waits for one. */
+int mx_body_lost(struct mxsess *s)
+{
+	if (s->phase == PH_BODY) {
+		s->discard = true;
+		return 1;
+	}
+	return mx_body_dropped(s);
 }
 
 /* ---- the client's commands ---- */

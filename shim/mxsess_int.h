@@ -63,6 +63,7 @@ struct mxsess {
 	unsigned ntx;                       /* transactions logged */
 	/* The transaction. */
 	bool tx, bound, delivered;
+	bool discard;                       /* the MX is gone: the body is read, dropped */
 	struct route_mail mail;
 	char dom[ROUTE_NAME_MAX];
 	unsigned nrcpt;
@@ -109,6 +110,8 @@ int mx_command(struct mxsess *s, const char *line, size_t len);  /* one line, CR
 int mx_close_after(struct mxsess *s, const char *r);  /* reply r (or none), then close */
 const char *mx_helo_name(const struct mxsess *s, char *out, size_t len);  /* the name we greet with */
 void mx_log_tx(struct mxsess *s, enum reason why, const char *detail);  /* the log line */
+int mx_body_lost(struct mxsess *s);      /* the MX left before answering the body */
+int mx_body_dropped(struct mxsess *s);   /* the end of a body the MX never got */
 
 /* mxhop.c: the MX hop. Each returns 1 on progress, 0 when it waits, and
  * -1 when out of memory (the session then closes). */

@@ -22,7 +22,7 @@ from test_dane import Pki
 # The MX host names the test CA's leaf certificate carries (DANE-TA and
 # the CA check of insecure domains).
 TA_NAMES = ["mx.ta.test", "mx1.down.test", "mx2.down.test", "mx.plain.test",
-            "mx.three.test"]
+            "mx.three.test", "mx.fake.test"]
 
 
 def zones(p, port, fixed=False):
@@ -50,6 +50,8 @@ def zones(p, port, fixed=False):
                             "mx2 A 127.0.0.13"]),
         Zone("busy.test.", ["@ MX 10 mx", "mx A 127.0.0.20"]),
         Zone("evil.test.", ["@ MX 10 mx", "mx A 127.0.0.22"]),
+        # A scripted MX (test_mx_hop.py): CA-checked, no TLSA records.
+        Zone("fake.test.", ["@ MX 10 mx", "mx A 127.0.0.23"]),
         Zone("imp.test.", ["@ MX 10 mx", "mx A 127.0.0.21",
                            "_%d._tcp.mx TLSA %s" % (port, ee)]),
         Zone("plain.test.", ["@ MX 10 mx", "mx A 127.0.0.16"], signed=False),
