@@ -104,16 +104,19 @@ static int body_scan(struct mxsess *s)
 	size_t n = 0;
 	int r;
 
-	if (s->phase != PH_BODY || pump_unseen(&s->cin) == 0)
+	if (s->cl_state != CL_READY || s->phase != PH_BODY || pump_unseen(&s->cin) == 0)
 		return 0;
 	r = route_body_scan(&s->body, s->cin.b->data + s->cin.b->off + s->cin.b->fwd,
 	    pump_unseen(&s->cin), &n, &why);
 	if (r == ROUTE_BODY_BAD) {
-		/* The MX never sees an end: it drops the partial message. */
+		/* The MX never sees an end: it drops the partial message. What
+		 * the client sent from there on is neither body nor commands. */
 		s->tx_why = R_CL_SMTP;
 		snprintf(s->tx_detail, sizeof(s->tx_detail), "%s", why);
 		mx_up_close(s, false);
 		mx_tx_end(s);
+		buf_cut(s->cin.b, pump_unseen(&s->cin));
+		s->phase = PH_WAIT;
 		return mx_close_after(s, "554 5.5.2 Bare CR or LF around end-of-data refused\r\n");
 	}
 	if (s->discard)

@@ -4,8 +4,10 @@ scripted server (FakeMX) at mx.fake.test, in test_mx.py's scene: its
 domain is signed and has no TLSA records, so the shim checks its
 certificate against upstream_ca and the MX host name."""
 
+import os
 import select
 import smtplib
+import socket
 import ssl
 import threading
 import time
@@ -171,3 +173,127 @@ def test_mx_lost_after_the_body_before_its_reply(scene, fake):  # noqa: F811
     line = fake_line(scene.shim)
     assert line["result"] == "error" and "closed the connection" in line["reason"], \
         line["_line"]
+
+
+def cpu_seconds(shim):
+    total = 0
+    for pid in shim.pids():
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def tcp_queues(local_port, remote_port):
+    """(state, tx_queue, rx_queue) of the socket at 127.0.0.1:local_port
+    talking to remote_port, as /proc/net/tcp has them, or None."""
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if (int(fields[1].rsplit(":", 1)[1], 16) == local_port and
+                    int(fields[2].rsplit(":", 1)[1], 16) == remote_port):
+                tx, rx = fields[4].split(":")
+                return fields[3], int(tx, 16), int(rx, 16)
+    return None
+
+
+HELP_REPLY = len(b"214 2.0.0 mailshim outbound relay\r\n")
+BACKLOG = 128 * 1024
+
+
+class Stuffed:
+    """A client that pipelines helps HELPs, then a transaction whose body
+    ends with a bare LF, and reads nothing: the replies fill the socket
+    buffers and the rest waits in the shim."""
+
+    def __init__(self, port, test_id, helps):
+        self.port = port
+        self.s = socket.socket()
+        self.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.s.settimeout(10)
+        self.s.connect(("127.0.0.1", port))
+        self.me = self.s.getsockname()[1]
+        data = (b"EHLO client.test\r\n" + b"HELP\r\n" * helps +
+                b"MAIL FROM:<s@client.test>\r\nRCPT TO:<r@ee.test>\r\nDATA\r\n" +
+                b"X-Test-Id: %s\r\n\r\nhello\n.\nRSET\r\nNOOP\r\n" % test_id.encode())
+        self.t = threading.Thread(target=self.send, args=(data,), daemon=True)
+        self.t.start()
+
+    def send(self, data):
+        try:
+            self.s.sendall(data)
+        except OSError:
+            pass
+
+    def in_buffers(self):
+        """Reply bytes the socket buffers hold (the shim's and ours)."""
+        shim = tcp_queues(self.port, self.me)
+        mine = tcp_queues(self.me, self.port)
+        return (shim[1] if shim else 0) + (mine[2] if mine else 0)
+
+    def settled(self):
+        last, steady = -1, 0
+        while steady < 5:
+            time.sleep(0.1)
+            n = self.in_buffers()
+            steady = steady + 1 if n == last else 0
+            last = n
+        return last
+
+    def replies(self):
+        got = []
+        while True:
+            b = self.s.recv(65536)
+            if not b:
+                break
+            got.append(b)
+        self.s.close()
+        return [l[:3] for l in b"".join(got).split(b"\r\n") if l[3:4] == b" "]
+
+
+def test_bad_end_of_data_to_a_client_that_does_not_read(scene, make_shim, ports):  # noqa: F811
+    """A bare LF around the end of data gets one 554 and a close, even when
+    the client does not read its replies: the worker does not spin on the
+    bytes it refused, the close comes at its deadline, other sessions are
+    served meanwhile."""
+    listen = ports.get()
+    shim = make_shim("\n".join([
+        "[global]", "workers = 1", "helo_name = shim.test",
+        "dns_resolver = 127.0.0.1@%d" % scene.dns.port,
+        "dnssec_trust_anchor = %s" % scene.dns.trust_anchor_path, "",
+        "[hold]", "listen = 127.0.0.1:%d" % listen, "upstream = mx",
+        "upstream_port = %d" % scene.port, "relay_from = 127.0.0.0/8",
+        "upstream_ca = %s" % scene.p.ca, "timeout_handshake = 3s", ""]))
+    # What the socket buffers hold (the kernel grows them as they fill):
+    # the clients below pipeline so many HELPs that BACKLOG bytes of their
+    # replies wait in the shim when it comes to the body.
+    probe = Stuffed(listen, "mx-bad-dot-probe", 200000)
+    held = probe.settled()
+    probe.s.close()
+    helps = (held + BACKLOG) // HELP_REPLY
+    # One that reads a second later: every reply once, one 554, the end.
+    a = Stuffed(listen, "mx-bad-dot-a", helps)
+    a.settled()
+    time.sleep(1)
+    replies = a.replies()
+    assert replies.count(b"554") == 1, "%d replies 554" % replies.count(b"554")
+    assert replies.count(b"214") == helps, len(replies)
+    assert replies[-4:] == [b"250", b"250", b"354", b"554"], replies[-8:]
+    # One that never reads: closed at its deadline, the worker idle.
+    b = Stuffed(listen, "mx-bad-dot-b", helps)
+    b.settled()
+    cpu = cpu_seconds(shim)
+    time.sleep(1)
+    with smtplib.SMTP("127.0.0.1", listen, local_hostname="client.test", timeout=5) as c:
+        assert c.noop()[0] == 250
+    wait_until(lambda: (tcp_queues(listen, b.me) or ("gone",))[0] != "01", 6,
+               "the shim to close the session of a client that does not read")
+    used = cpu_seconds(shim) - cpu
+    b.s.close()
+    assert used < 1.0, "the shim used %.1f s of CPU for an idle session" % used
+    assert scene.rx["ee"].find("mx-bad-dot-a") is None
+    assert scene.rx["ee"].find("mx-bad-dot-b") is None
