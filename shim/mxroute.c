@@ -118,8 +118,7 @@ static void on_tlsa(const struct dns_answer *a, void *arg)
 		else
 			r = mx_addr_connect(s);
 	}
-	if (r >= 0)
-		mx_step(s);
+	mx_resume(s, r);
 }
 
 /* The host's addresses are in: TLSA where DANE applies, then connect. */
@@ -175,8 +174,7 @@ static void on_addr(const struct dns_answer *a, void *arg)
 	} else {
 		r = addrs_done(s);
 	}
-	if (r >= 0)
-		mx_step(s);
+	mx_resume(s, r);
 }
 
 int mx_host_next(struct mxsess *s)
@@ -239,8 +237,7 @@ static void on_mx(const struct dns_answer *a, void *arg)
 			r = mx_host_next(s);
 		}
 	}
-	if (r >= 0)
-		mx_step(s);
+	mx_resume(s, r);
 }
 
 /* The first RCPT for a domain: find its MX hosts. */

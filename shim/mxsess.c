@@ -364,6 +364,17 @@ void mx_step(struct mxsess *s)
 		ep_watch(&s->up, s->w->loop, up_events(s));
 }
 
+/* A DNS answer came in and ran its step outside mx_step: a step that ran
+ * out of memory (-1) ends the session, as it would inside. */
+void mx_resume(struct mxsess *s, int r)
+{
+	if (r < 0) {
+		sess_close(s, R_NO_MEMORY, NULL);
+		return;
+	}
+	mx_step(s);
+}
+
 static void cl_io_cb(struct ev_loop *loop, ev_io *io, int revents)
 {
 	struct mxsess *s = (struct mxsess *)((char *)io - offsetof(struct mxsess, cl.io));

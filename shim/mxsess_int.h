@@ -98,6 +98,7 @@ struct mxsess {
 /* mxsess.c: the session. */
 void mx_up_io_cb(struct ev_loop *loop, ev_io *io, int revents);  /* MX socket events */
 void mx_step(struct mxsess *s);          /* run the session's turns, arm its sockets */
+void mx_resume(struct mxsess *s, int r); /* after a DNS answer's step r: -1 closes */
 void mx_set_timer(struct mxsess *s, uint32_t ms);   /* the one deadline, from now */
 int mx_reply(struct mxsess *s, const char *r, size_t n);  /* to the client; -1: no room */
 int mx_say(struct mxsess *s, const char *r);
