@@ -152,6 +152,13 @@ static int mail_replay(struct mxsess *s, const char *p, size_t n)
 }
 
 
+/* The MX said no (its words in the log); the client hears its reply. */
+static void tx_refused(struct mxsess *s, const char *why)
+{
+	s->tx_why = R_MX_REFUSED;
+	snprintf(s->tx_detail, sizeof(s->tx_detail), "%s", why);
+}
+
 /* One whole reply of the MX, by what it answers. */
 static int up_reply(struct mxsess *s, int code, const char *p, size_t n)
 {
@@ -185,7 +192,7 @@ static int up_reply(struct mxsess *s, int code, const char *p, size_t n)
 		return mail_replay(s, p, n);
 	case U_MAIL:
 		if (code / 100 != 2)
-			return mx_rcpt_final(s, p, n, R_NONE, NULL);
+			return mx_rcpt_final(s, p, n, R_MX_REFUSED, why);
 		return mx_send_up(s, s->rcpt, s->rcpt_len, U_RCPT);
 	case U_RCPT:
 		if (mx_reply(s, p, n) < 0)
@@ -194,6 +201,7 @@ static int up_reply(struct mxsess *s, int code, const char *p, size_t n)
 			s->bound = true;
 			s->nrcpt++;
 		} else if (!s->bound) {
+			tx_refused(s, why);
 			mx_up_close(s, true);
 			return mx_answered(s);
 		}
@@ -203,6 +211,7 @@ static int up_reply(struct mxsess *s, int code, const char *p, size_t n)
 		if (mx_reply(s, p, n) < 0)
 			return -1;
 		if (code != 354) {
+			tx_refused(s, why);
 			mx_up_enter(s, U_READY);
 			return mx_answered(s);
 		}
@@ -219,7 +228,7 @@ static int up_reply(struct mxsess *s, int code, const char *p, size_t n)
 			return -1;
 		s->delivered = code / 100 == 2;
 		if (!s->delivered)
-			snprintf(s->tx_detail, sizeof(s->tx_detail), "%s", why);
+			tx_refused(s, why);
 		mx_tx_end(s);
 		return mx_answered(s);
 	default:

@@ -52,12 +52,8 @@ void mx_tx_end(struct mxsess *s)
 		return;
 	if (s->delivered)
 		mx_log_tx(s, R_NONE, NULL);
-	else if (s->tx_why != R_NONE)
-		mx_log_tx(s, s->tx_why, s->tx_detail);
-	else if (s->tx_detail[0] != '\0')
-		mx_log_tx(s, R_UP_SMTP, s->tx_detail);
 	else
-		mx_log_tx(s, R_NONE, NULL);
+		mx_log_tx(s, s->tx_why, s->tx_detail);
 	mx_up_close(s, true);
 	s->tx = s->bound = s->delivered = s->up_lost = s->discard = false;
 	s->nrcpt = 0;

@@ -132,6 +132,8 @@ static const struct row rows[R_COUNT] = {
 	    "MX refused the session", NULL, NULL),
 	ROW(R_MX_UNSUPPORTED, "mx_unsupported", RES_REFUSED, APPEND,
 	    "MAIL parameter the MX does not support", NULL, NULL),
+	ROW(R_MX_REFUSED, "mx_refused", RES_REFUSED, APPEND,
+	    "MX refused the transaction", NULL, NULL),
 };
 
 static const struct row *row(enum reason r)

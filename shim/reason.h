@@ -74,6 +74,7 @@ enum reason {
 	R_MX_NO_DOMAIN,
 	R_MX_GREETING,
 	R_MX_UNSUPPORTED,
+	R_MX_REFUSED,           /* the MX's own no: not a TLS failure */
 	R_COUNT
 };
 

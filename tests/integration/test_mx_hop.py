@@ -297,3 +297,41 @@ def test_bad_end_of_data_to_a_client_that_does_not_read(scene, make_shim, ports)
     assert used < 1.0, "the shim used %.1f s of CPU for an idle session" % used
     assert scene.rx["ee"].find("mx-bad-dot-a") is None
     assert scene.rx["ee"].find("mx-bad-dot-b") is None
+
+
+REFUSALS = {
+    b"MAIL": b"550 5.7.1 sender refused here\r\n",
+    b"RCPT": b"550 5.1.1 no such user here\r\n",
+    b"DATA": b"554 5.3.0 no data today\r\n",
+    b"DOT": b"554 5.7.1 message refused here\r\n",
+}
+
+
+@pytest.mark.parametrize("stage", ["MAIL", "RCPT", "DATA", "DOT"])
+def test_a_refusal_of_the_mx_is_relayed_and_logged_as_refused(scene, fake, stage):  # noqa: F811
+    """The MX's 5xx to MAIL, RCPT, DATA or the end of data reaches the
+    client as it is (a refused MAIL as the RCPT's answer), and the
+    transaction's log line says the MX refused it, with its words."""
+    verb = stage.encode()
+    refusal = REFUSALS[verb]
+    fake(replies={verb: refusal})
+    _, msg = make_message(300, test_id="mx-refused-" + stage)
+    with smtplib.SMTP("127.0.0.1", scene.listen, local_hostname="client.test",
+                      timeout=15) as c:
+        c.ehlo()
+        assert c.mail("s@client.test")[0] == 250
+        got = c.rcpt("r@fake.test")
+        if stage in ("DATA", "DOT"):
+            assert got[0] == 250, got
+            got = c.docmd("DATA")
+            if stage == "DOT":
+                assert got[0] == 354, got
+                c.send(msg + b".\r\n")
+                got = c.getreply()
+        assert got == (int(refusal[:3]), refusal[4:-2]), got
+        c.rset()
+    line = fake_line(scene.shim)
+    assert line["result"] == "refused", line["_line"]
+    assert "MX refused" in line["reason"] and refusal[:-2].decode() in line["reason"], \
+        line["_line"]
+    assert "reason_code" not in line, line["_line"]
