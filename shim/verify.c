@@ -407,6 +407,11 @@ void verify_session_free(struct verify_session *v)
 
 int verify_attach(SSL *ssl, struct verify_session *v)
 {
+	/* A new handshake (another address of an MX host shares the TLSA
+	 * records): the last one's verdict is not this one's. */
+	v->auth = AUTH_NONE;
+	v->fail = VF_OK;
+	v->paused = false;
 	/* Made once, before any worker is forked (the first context). */
 	if (ex_index < 0)
 		ex_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);

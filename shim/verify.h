@@ -77,7 +77,8 @@ void verify_ctx_init(SSL_CTX *ctx);
 void verify_session_init(struct verify_session *v, const struct service *svc);
 void verify_session_free(struct verify_session *v);
 
-/* The session's state travels with the SSL (ex_data); 0 on success. */
+/* The session's state travels with the SSL (ex_data), the verdict of an
+ * earlier handshake forgotten, the TLSA outcome kept; 0 on success. */
 int verify_attach(SSL *ssl, struct verify_session *v);
 
 /* DNS's answer: records (RDATA each) and the TLSA base name, copied. */
