@@ -152,6 +152,23 @@ static int addrs_done(struct mxsess *s)
 	return 0;
 }
 
+/* A or AAAA of the host is bogus, SERVFAIL or timed out: the host fails,
+ * its other family's addresses are not used. RFC 7672 2.1.1: such an
+ * answer is never taken as unsigned (a way round DANE), and the upstream
+ * lookup (upname.c, uplookup.c) fails the same way. */
+static int addr_failed(struct mxsess *s, const struct dns_answer *a)
+{
+	const struct service *svc = s->svc->svc;
+	bool dane = svc->upstream_verify == VERIFY_DANE ||
+	    svc->upstream_verify == VERIFY_DANE_ONLY;
+	char why[400];
+
+	snprintf(why, sizeof(why), "%s lookup %s: %s%s%s",
+	    a->rrtype == DNS_TYPE_AAAA ? "AAAA" : "A", s->host, dns_status_name(a->status),
+	    a->status == DNS_BOGUS ? ": " : "", a->status == DNS_BOGUS ? dns_why_bogus(a) : "");
+	return mx_host_fail(s, dane ? R_UP_DNSSEC_INVALID : R_UP_RESOLVE, why);
+}
+
 static void on_addr(const struct dns_answer *a, void *arg)
 {
 	struct mxsess *s = arg;
@@ -159,15 +176,14 @@ static void on_addr(const struct dns_answer *a, void *arg)
 
 	assert(s->magic == MX_MAGIC);
 	s->q = NULL;
-	if (a->status == DNS_SECURE || a->status == DNS_INSECURE) {
-		if (a->nrr > 0 && a->status != DNS_SECURE)
-			s->addr_secure = false;
-		s->naddr += dns_addrs(a, (uint16_t)s->svc->svc->mx_port, s->addr + s->naddr,
-		    ADDR_MAX - s->naddr);
-	} else if (a->status == DNS_BOGUS) {
-		s->addr_secure = false;
-		mx_note(s, R_UP_DNSSEC_INVALID, "address records bogus");
+	if (a->status != DNS_SECURE && a->status != DNS_INSECURE) {
+		mx_resume(s, addr_failed(s, a));
+		return;
 	}
+	if (a->nrr > 0 && a->status != DNS_SECURE)
+		s->addr_secure = false;
+	s->naddr += dns_addrs(a, (uint16_t)s->svc->svc->mx_port, s->addr + s->naddr,
+	    ADDR_MAX - s->naddr);
 	if (s->addr_step++ == 0) {
 		s->q = dns_lookup(s->w->dns, s->host, DNS_TYPE_AAAA, on_addr, s);
 		r = s->q == NULL ? mx_host_fail(s, R_NO_MEMORY, NULL) : 0;

@@ -22,7 +22,7 @@ from test_dane import Pki
 # The MX host names the test CA's leaf certificate carries (DANE-TA and
 # the CA check of insecure domains).
 TA_NAMES = ["mx.ta.test", "mx1.down.test", "mx2.down.test", "mx.plain.test",
-            "mx.three.test", "mx.fake.test"]
+            "mx.three.test", "mx.fake.test", "mx.bogus4.test", "mx.bogus6.test"]
 
 
 def zones(p, port, fixed=False):
@@ -52,13 +52,19 @@ def zones(p, port, fixed=False):
         Zone("evil.test.", ["@ MX 10 mx", "mx A 127.0.0.22"]),
         # A scripted MX (test_mx_hop.py): CA-checked, no TLSA records.
         Zone("fake.test.", ["@ MX 10 mx", "mx A 127.0.0.23"]),
+        # One address family bogus (BOGUS), the other secure, the TLSA
+        # records matching nothing: only a check that skipped DANE passes.
+        Zone("bogus4.test.", ["@ MX 10 mx", "mx A 127.0.0.25", "mx AAAA ::1",
+                              "_%d._tcp.mx TLSA %s" % (port, tlsa(p.other[0], 3, 1, 1))]),
+        Zone("bogus6.test.", ["@ MX 10 mx", "mx A 127.0.0.25", "mx AAAA ::1",
+                              "_%d._tcp.mx TLSA %s" % (port, tlsa(p.other[0], 3, 1, 1))]),
         Zone("imp.test.", ["@ MX 10 mx", "mx A 127.0.0.21",
                            "_%d._tcp.mx TLSA %s" % (port, ee)]),
         Zone("plain.test.", ["@ MX 10 mx", "mx A 127.0.0.16"], signed=False),
     ]
 
 
-BOGUS = ["bogus.ee.test./MX"]
+BOGUS = ["bogus.ee.test./MX", "mx.bogus4.test./A", "mx.bogus6.test./AAAA"]
 
 
 class Scene:
@@ -312,7 +318,7 @@ class Refuser:
     def __init__(self, host, port):
         import socket
         import threading
-        self.sock = socket.socket()
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
         self.sock.listen(8)

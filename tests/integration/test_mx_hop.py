@@ -16,7 +16,7 @@ import pytest
 
 from harness import wait_until
 from messages import make_message
-from test_mx import Refuser, scene  # noqa: F401 (scene is a fixture)
+from test_mx import Refuser, scene, send  # noqa: F401 (scene is a fixture)
 
 FAKE = "127.0.0.23"
 
@@ -335,3 +335,25 @@ def test_a_refusal_of_the_mx_is_relayed_and_logged_as_refused(scene, fake, stage
     assert "MX refused" in line["reason"] and refusal[:-2].decode() in line["reason"], \
         line["_line"]
     assert "reason_code" not in line, line["_line"]
+
+
+@pytest.mark.parametrize("family", ["A", "AAAA"])
+def test_a_bogus_address_answer_fails_the_host(scene, family):  # noqa: F811
+    """RFC 7672 2.1.1: a bogus answer is a failure, never "unsigned". With
+    the A (or AAAA) records of an MX host bogus, the host is not used,
+    not even at its secure addresses of the other family (where a check
+    without DANE passes: its TLSA records match nothing)."""
+    dom = "bogus4.test" if family == "A" else "bogus6.test"
+    mxs = [FakeMX("127.0.0.25", scene.port, scene.p.ta), FakeMX("::1", scene.port, scene.p.ta)]
+    try:
+        replies, _ = send(scene.listen, ["r@" + dom], "mx-bogus-" + family)
+    finally:
+        for mx in mxs:
+            mx.close()
+    assert replies[0][0] == 451 and b"4.4.3" in replies[0][1], replies
+    assert [mx.sessions for mx in mxs] == [[], []]
+    line = scene.shim.wait_log(lambda d: d.get("service") == "relay" and
+                               d.get("mx") == "mx." + dom)[0]
+    assert line["result"] == "refused" and line.get("reason_code") == "dnssec-invalid", \
+        line["_line"]
+    assert family in line["reason"], line["_line"]
