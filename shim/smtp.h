@@ -99,7 +99,9 @@ struct smtp {
 	bool plain_allowed;       /* client is in listen_plain_from */
 	/* Listen hop. */
 	bool listen_tls;          /* TLS is up on the listen hop */
-	bool need_ehlo;           /* after STARTTLS: nothing but EHLO/HELO/... */
+	bool need_ehlo;           /* after STARTTLS: nothing but EHLO/HELO/...
+	                           * until the upstream takes one */
+	bool authed;              /* an AUTH succeeded: no STARTTLS after it */
 	/* Client side reader. */
 	uint8_t cstate;           /* internal: command, body, chunk, ... */
 	uint8_t hist[2];          /* internal: last two body bytes passed */

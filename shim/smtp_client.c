@@ -44,6 +44,7 @@ static const struct text
     t_ready = TEXT("220 2.0.0 Ready to start TLS\r\n"),
     t_tls_active = TEXT("554 5.5.1 TLS already active\r\n"),
     t_no_tls = TEXT("502 5.5.1 STARTTLS not available\r\n"),
+    t_auth_first = TEXT("554 5.5.1 STARTTLS must come before AUTH\r\n"),
     t_identity = TEXT("550 5.7.0 Client identity is set by the relay, not by commands\r\n"),
     t_requiretls = TEXT("550 5.7.30 REQUIRETLS not available: this path is not authenticated TLS all the way\r\n"),
     t_bdat = TEXT("501 5.5.4 Syntax: BDAT size [LAST]\r\n"),
@@ -228,6 +229,10 @@ static struct check check_starttls(struct smtp *s, const struct line *l)
 		return refuse_with(&t_no_tls);
 	if (s->listen_tls || s->listen_mode == SMTP_LISTEN_IMPLICIT)
 		return refuse_with(&t_tls_active);
+	/* The upstream never sees this STARTTLS, so nothing would make it
+	 * forget a login made before it (RFC 3207 section 4.2). */
+	if (s->authed)
+		return close_with(&t_auth_first, "client sent STARTTLS after AUTH");
 	return has_args(l) ? refuse_with(&t_tls_syntax) : go;
 }
 
@@ -325,15 +330,9 @@ static struct smtp_result proceed_wait(struct smtp *s, const struct line *l)
 /* The first EHLO or HELO waits for the XCLIENT exchange (smtp_xclient.c). */
 static struct smtp_result proceed_greet(struct smtp *s, const struct line *l)
 {
-	struct smtp_result r;
-
 	if (smtp_xclient_pending(s))
 		return smtp_xclient_greet(s);
-	r = forward(s, l->n, l->v->kind, C_CMD);
-
-	if (r.v == SMTP_PASS)
-		s->need_ehlo = false;
-	return r;
+	return forward(s, l->n, l->v->kind, C_CMD);
 }
 
 static struct smtp_result proceed_bdat(struct smtp *s, const struct line *l)

@@ -275,8 +275,18 @@ static bool reply_done(struct smtp *s)
 		s->hist[1] = '\n';
 		smtp_client_enter(s, code == 354 ? C_BODY : C_CMD);
 		return true;
+	case K_EHLO:
+	case K_HELO:
+		/* Only a greeting the upstream took ends the wait for it: one it
+		 * refused reset nothing there (Postfix answers 501 before its
+		 * reset), so what came before TLS must not go on. */
+		if (code / 100 == 2)
+			s->need_ehlo = false;
+		return false;
 	case K_AUTH:
 	case K_AUTHC:
+		if (code / 100 == 2)
+			s->authed = true;
 		smtp_client_enter(s, code == 334 ? C_SASL : C_CMD);
 		return true;
 	case K_QUIT:

@@ -289,6 +289,29 @@ def test_helo_spellings_open_the_session_after_tls(make_shim, pf, ports, pki, li
         assert c.cmd("MAIL FROM:<a@client.test>")[1] == ["503 5.5.1 Send EHLO first"]
 
 
+
+@pytest.mark.parametrize("greeting", ["EHLO", "HELO", "EHLO  "])
+def test_a_greeting_postfix_refuses_after_tls_opens_nothing(make_shim, pf, ports, pki,
+                                                           greeting):
+    """Postfix answers EHLO or HELO without a name with 501 before it resets
+    the transaction, so a MAIL sent before STARTTLS would still stand
+    there: until Postfix takes a greeting, the shim keeps waiting for one,
+    and the transaction opened in plaintext never goes on inside TLS."""
+    shim, port = start(make_shim, ports, pki, pf.smtp_port, listen="starttls",
+                       listen_plain_from="127.0.0.0/8")
+    c = connect(port)
+    assert c.cmd("EHLO client.test")[0] == 250
+    assert c.cmd("MAIL FROM:<injected@evil.test>")[0] == 250
+    assert c.cmd("STARTTLS")[0] == 220
+    c.sock = client_context(pki.ca).wrap_socket(c.sock, server_hostname="shim.test")
+    code, lines = c.cmd(greeting)
+    assert code == 501, lines
+    assert c.cmd("RCPT TO:<rcpt@legacy.test>")[1] == ["503 5.5.1 Send EHLO first"]
+    assert c.cmd("EHLO client.test")[0] == 250
+    code, lines = c.cmd("RCPT TO:<rcpt@legacy.test>")
+    assert code == 503 and "need MAIL" in lines[0], lines
+    assert c.cmd("QUIT")[0] == 221
+
 # --------------------------------------------------------------------------
 # DATA
 

@@ -38,7 +38,7 @@ class FakeUpstream:
     written 50 ms apart. slow_noop: seconds before answering NOOP.
     ehlo_error: a reply line given to EHLO instead of 250. keep_starttls:
     still list STARTTLS after TLS (as some broken servers do).
-    starttls='silent' never answers STARTTLS.
+    starttls='silent' never answers STARTTLS. auth: its reply line to AUTH.
     Understands HELO, MAIL, RCPT (a
     recipient containing 'reject' gets 550), DATA, BDAT, AUTH, RSET,
     NOOP, VRFY, HELP (a multi-line 214 that mentions STARTTLS and AUTH)
@@ -48,8 +48,9 @@ class FakeUpstream:
                              "AUTH=PLAIN LOGIN", "STARTTLS"),
                  starttls=None, cert=None, key=None, slow_ehlo=0.0,
                  greeting=b"220 fake.test ESMTP\r\n", slow_noop=0.0, ehlo_error=None,
-                 keep_starttls=False):
+                 keep_starttls=False, auth="235 2.7.0 Authentication successful"):
         self.ehlo = list(ehlo)
+        self.auth = auth
         self.starttls = starttls
         self.cert = cert
         self.key = key
@@ -216,7 +217,7 @@ class FakeUpstream:
                 self.messages.append(chunk)
                 conn.sendall(b"250 2.0.0 Ok: %d octets\r\n" % len(chunk))
             elif verb == b"AUTH":
-                conn.sendall(b"235 2.7.0 Authentication successful\r\n")
+                conn.sendall(self.auth.encode() + b"\r\n")
             elif verb == b"HELP":
                 conn.sendall(b"214-250-STARTTLS\r\n214-STARTTLS AUTH\r\n214 2.0.0 end\r\n")
             elif verb == b"QUIT":
@@ -441,6 +442,45 @@ def test_listen_plain_from_allows_plaintext(make_shim, raw_server, ports, pki, p
     d = log_of(shim)
     assert d["result"] == "ok" and d["listen_tls"] == "none", d["_line"]
 
+
+
+@pytest.mark.parametrize("auth", ["AUTH PLAIN AGZvbwBiYXI=", "auth login"])
+def test_starttls_after_a_login_is_refused(make_shim, raw_server, ports, pki, auth):
+    """The upstream never sees the shim's STARTTLS, so nothing would make it
+    forget a login made before it (RFC 3207 4.2): whoever added the AUTH
+    would choose the login of the TLS session. STARTTLS after a login the
+    upstream took is refused and the session closed, logged; after a
+    login it refused, STARTTLS goes on."""
+    up, srv = fake(raw_server)
+    shim, port = start_shim(make_shim, ports, pki, "starttls", srv.port,
+                            listen_plain_from="127.0.0.0/8")
+    with SmtpConn(port) as c:
+        assert c.reply()[0] == 220
+        assert c.cmd("EHLO client.test")[0] == 250
+        code, lines = c.cmd(auth)
+        assert code == 235, lines
+        code, lines = c.cmd("STARTTLS")
+        assert lines == ["554 5.5.1 STARTTLS must come before AUTH"], lines
+        closed, data = is_closed(c)
+        assert closed and data == b"", data
+    d = log_of(shim)
+    assert d["result"] != "ok" and "STARTTLS after AUTH" in d["_line"], d["_line"]
+    assert up.wait_done()
+    assert b"STARTTLS" not in up.verbs() and b"MAIL" not in up.verbs(), up.commands()
+
+
+def test_starttls_after_a_refused_login_goes_on(make_shim, raw_server, ports, pki):
+    up, srv = fake(raw_server, auth="535 5.7.8 Authentication failed")
+    shim, port = start_shim(make_shim, ports, pki, "starttls", srv.port,
+                            listen_plain_from="127.0.0.0/8")
+    with SmtpConn(port) as c:
+        assert c.reply()[0] == 220
+        assert c.cmd("EHLO client.test")[0] == 250
+        assert c.cmd("AUTH PLAIN AGZvbwBiYXI=")[0] == 535
+        upgrade(c, pki.ca)
+        assert c.cmd("EHLO client.test")[0] == 250
+        assert c.cmd("QUIT")[0] == 221
+    assert log_of(shim)["result"] == "ok"
 
 # --------------------------------------------------------------------------
 # Listen starttls: after STARTTLS

@@ -480,6 +480,24 @@ static void test_starttls_flow(void)
 	scenario("starttls on implicit TLS", SMTP_LISTEN_IMPLICIT, false, plain, &w);
 }
 
+/* After STARTTLS, only a greeting the upstream took opens the session
+ * again: one it refused (Postfix answers 501 before it resets anything)
+ * leaves what came before TLS behind, so commands still wait for EHLO. */
+static void test_starttls_refused_ehlo(void)
+{
+	static const struct step st[] = {
+		STEP("EHLO c\r\nMAIL FROM:<a>\r\nSTARTTLS\r\n", G EHLO_UP "250 ok\r\n"),
+		STEP("EHLO\r\nRCPT TO:<b>\r\nHELO\r\nRCPT TO:<b>\r\nEHLO c\r\nRCPT TO:<b>\r\n",
+		    "501 Syntax: EHLO hostname\r\n501 Syntax: HELO hostname\r\n" EHLO_UP
+		    "503 need MAIL\r\n"),
+		{ 0 } };
+	struct want w = { "EHLO c\r\nMAIL FROM:<a>\r\nEHLO\r\nHELO\r\nEHLO c\r\nRCPT TO:<b>\r\n",
+		G EHLO_TLS_OFFERED "250 ok\r\n" READY "501 Syntax: EHLO hostname\r\n" R503
+		"501 Syntax: HELO hostname\r\n" R503 EHLO_NO_TLS "503 need MAIL\r\n", "", 0 };
+
+	scenario("starttls, a refused EHLO", SMTP_LISTEN_STARTTLS, true, st, &w);
+}
+
 /* The calls themselves: n covers the STARTTLS line alone, and what the
  * caller still offers before the handshake is refused. */
 static void test_starttls_direct(void)
@@ -705,6 +723,8 @@ static void test_auth(void)
 		{ 0 } };
 	static const struct step initial[] = {
 		STEP("AUTH PLAIN AGEAYg==\r\nSTARTTLS\r\n", G "235 ok\r\n"), { 0 } };
+	static const struct step failed[] = {
+		STEP("AUTH PLAIN AGEAYg==\r\nSTARTTLS\r\n", G "535 no\r\n"), { 0 } };
 	static const struct step cancel[] = {
 		STEP("AUTH LOGIN\r\n*\r\nAUTH LOGIN\r\nx\r\ny\r\nNOOP\r\n",
 		    G "334 a\r\n501 cancelled\r\n334 a\r\n334 b\r\n535 no\r\n250 ok\r\n"),
@@ -716,9 +736,16 @@ static void test_auth(void)
 		"235 ok\r\n250 ok\r\n", "", 0 };
 
 	scenario("auth login", SMTP_LISTEN_STARTTLS, true, login, &w);
+	/* The upstream never sees the shim's STARTTLS, so a login made
+	 * before it would outlive it: refused, and the session closed. */
 	w.up = "AUTH PLAIN AGEAYg==\r\n";
-	w.down = G "235 ok\r\n" READY;
-	scenario("auth initial response", SMTP_LISTEN_STARTTLS, true, initial, &w);
+	w.down = G "235 ok\r\n554 5.5.1 STARTTLS must come before AUTH\r\n";
+	w.end = "close:client sent STARTTLS after AUTH";
+	scenario("auth initial response, then starttls", SMTP_LISTEN_STARTTLS, true, initial,
+	    &w);
+	w.down = G "535 no\r\n" READY;
+	w.end = "";
+	scenario("auth failed, then starttls", SMTP_LISTEN_STARTTLS, true, failed, &w);
 	w.up = "AUTH LOGIN\r\n*\r\nAUTH LOGIN\r\nx\r\ny\r\nNOOP\r\n";
 	w.down = G "334 a\r\n501 cancelled\r\n334 a\r\n334 b\r\n535 no\r\n250 ok\r\n";
 	scenario("auth cancelled, failed", SMTP_LISTEN_IMPLICIT, false, cancel, &w);
@@ -1988,6 +2015,7 @@ int main(void)
 	test_ehlo_modes();
 	test_ehlo_shapes();
 	test_starttls_flow();
+	test_starttls_refused_ehlo();
 	test_starttls_direct();
 	test_tls_required();
 	test_data();
