@@ -97,7 +97,7 @@ static const struct row rows[R_COUNT] = {
 	    "upstream certificate not trusted", "certificate-not-trusted", reply_tls_failed),
 	ROW(R_UP_CERT_INVALID, "upstream_cert_invalid", RES_REFUSED, APPEND,
 	    "upstream certificate verification failed", "validation-failure", reply_tls_failed),
-	ROW(R_UP_PIN, "upstream_pin", RES_REFUSED, APPEND,
+	ROW(R_UP_PIN, "upstream_pin", RES_REFUSED, SENTENCE,
 	    "upstream certificate matches no upstream_pin", "validation-failure", reply_tls_failed),
 	ROW(R_UP_TLSA_INVALID, "upstream_tlsa_invalid", RES_REFUSED, APPEND,
 	    "upstream certificate matches no TLSA record", "tlsa-invalid", reply_dane),

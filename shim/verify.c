@@ -23,15 +23,16 @@
  *  1. A failed TLSA lookup refuses; DANE never falls back on bad DNS.
  *  2. Usable TLSA records decide alone: DANE-EE matching the leaf, or
  *     DANE-TA matching a certificate of the chain from which the leaf
- *     verifies for the TLSA base name (or the configured name). Pins and
- *     the CA bundle play no part.
+ *     verifies for the TLSA base name (or the configured name). The CA
+ *     bundle plays no part.
  *  3. Records, none usable: TLS without authentication for `dane`,
  *     refusal for `dane-only`.
  *  4. No records (or an insecure zone): `dane-only` refuses, `dane`
  *     behaves as `verify`.
  *  5. verify: chain to upstream_ca, name from upstream_name.
- *  6. Pins, where set, must match a key of the chain on top of 5 (or on
- *     top of nothing for `encrypt`).
+ *  6. Pins, where set, must match a key of the chain on top of whatever
+ *     decided before (2, 3, 5, or nothing for `encrypt`): a key setting
+ *     never silently does nothing.
  */
 
 #define CHAIN_MAX DANE_DEPTH_MAX
@@ -230,10 +231,12 @@ static bool dane_ta(struct verify_session *v, struct chain *c, uint32_t depths)
 
 		if (!(depths & (1u << d)))
 			continue;
-		if ((st = X509_STORE_new()) == NULL)
+		if ((st = X509_STORE_new()) == NULL || !X509_STORE_add_cert(st, c->x[d])) {
+			X509_STORE_free(st);
+			say(v, VF_VALIDATION, "DANE-TA: %s", "cannot make a trust store");
 			return false;
-		ok = X509_STORE_add_cert(st, c->x[d]) &&
-		    chain_verify(c, st, base, orig, X509_V_FLAG_PARTIAL_CHAIN, &err);
+		}
+		ok = chain_verify(c, st, base, orig, X509_V_FLAG_PARTIAL_CHAIN, &err);
 		X509_STORE_free(st);
 		if (ok)
 			return true;
@@ -277,7 +280,8 @@ static enum verify_fail decide_dane(struct verify_session *v, struct chain *c,
 		v->auth = AUTH_DANE_TA;
 		return VF_OK;
 	}
-	if (!r.ta)
+	/* Whatever went wrong, nothing matched: never VF_OK from here. */
+	if (v->fail == VF_OK)
 		say(v, VF_TLSA_INVALID, "none of %s", r.usable == 1 ? "1 record" :
 		    r.usable == 2 ? "2 records" : "the records");
 	return (enum verify_fail)v->fail;
@@ -314,10 +318,12 @@ static enum verify_fail decide(SSL *ssl, struct verify_session *v,
 		return say(v, VF_VALIDATION, "upstream sent no usable certificate%s", "");
 	if (svc->upstream_verify == VERIFY_DANE || svc->upstream_verify == VERIFY_DANE_ONLY) {
 		f = decide_dane(v, c, &decided);
-		if (decided || f != VF_OK)
+		if (f != VF_OK)
 			return f;
 	}
-	if (svc->upstream_verify == VERIFY_ENCRYPT) {
+	if (decided) {
+		/* DANE decided; pins, when set, must still match below. */
+	} else if (svc->upstream_verify == VERIFY_ENCRYPT) {
 		v->auth = AUTH_ENCRYPT;
 	} else {
 		X509_STORE *st = SSL_CTX_get_cert_store(SSL_get_SSL_CTX(ssl));
@@ -332,7 +338,8 @@ static enum verify_fail decide(SSL *ssl, struct verify_session *v,
 		if (!pin_match(v, c))
 			return say(v, VF_NO_PIN, "upstream certificate matches no "
 			    "upstream_pin%s", "");
-		v->auth = AUTH_PIN;
+		if (v->auth != AUTH_DANE_EE && v->auth != AUTH_DANE_TA)
+			v->auth = AUTH_PIN;
 	}
 	return VF_OK;
 }

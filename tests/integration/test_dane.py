@@ -2,7 +2,9 @@
 served by nsd on loopback and real TLS upstreams (aiosmtpd): every
 outcome of the decision, each through its own service of one shim."""
 
+import base64
 import datetime
+import hashlib
 import smtplib
 import time
 
@@ -257,3 +259,51 @@ def test_a_resumed_session_is_checked_again(make_shim, ports, procs, workdir, ai
     assert [d["result"] for d in lines] == ["ok", "refused", "ok"], [d["_line"] for d in lines]
     assert lines[1]["reason_code"] == "tlsa-invalid"
     assert srv.find("resume-1") and srv.find("resume-3") and not srv.find("resume-2")
+
+
+def spki_pin(cert_path):
+    with open(cert_path, "rb") as f:
+        cert = x509.load_pem_x509_certificate(f.read())
+    der = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256/" + base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+def test_pins_hold_whatever_dane_decided(make_shim, ports, scene):
+    """upstream_pin on top of DANE: records that match (DANE-EE), records
+    none of which is usable (TLS without authentication otherwise), and no
+    records (CA checks): a pin that matches no key of the chain refuses in
+    each; one that matches lets the session on, named as DANE named it."""
+    p, servers, table, dns = scene
+    good, bad = spki_pin(p.ee[0]), spki_pin(p.other[0])
+    ta_good = spki_pin(p.ta[0])
+    # service -> (host, server, pin, expected upstream_auth or None: refused)
+    want = {"ee-good": ("ee311", "ee", good, "dane-ee"),
+            "ee-bad": ("ee311", "ee", bad, None),
+            "unusable-good": ("unusable", "ee", good, "pin"),
+            "unusable-bad": ("unusable", "ee", bad, None),
+            "notlsa-good": ("notlsa", "ta", ta_good, "pin"),
+            "notlsa-bad": ("notlsa", "ta", bad, None)}
+    services, listen = {}, {}
+    for name, (host, srv, _, _) in want.items():
+        listen[name] = ports.get()
+        services[name] = (listen[name], "%s.dane.test" % host, servers[srv].port, "dane")
+    text = conf_for(p, servers, dns, services)
+    for name, (_, _, pin, _) in want.items():
+        text = text.replace("[%s]\n" % name, "[%s]\nupstream_pin = %s\n" % (name, pin))
+    shim = make_shim(text)
+    problems = []
+    for name, (host, srv, _, auth) in want.items():
+        code, got = deliver(listen[name], "pin-" + name)
+        line = shim.wait_log(lambda d, n=name: d.get("service") == n)[0]
+        if auth:
+            if code != 250 or line.get("upstream_auth") != auth or line["result"] != "ok":
+                problems.append("%s: want %s, got %s %r %s" % (name, auth, code, got,
+                                                                 line["_line"]))
+        elif (code != 421 or line["result"] != "refused" or
+              line.get("reason_code") != "validation-failure" or
+              servers[srv].find("pin-" + name)):
+            problems.append("%s: want refused, got %s %r %s" % (name, code, got, line["_line"]))
+        elif line["reason"] != "upstream certificate matches no upstream_pin":
+            problems.append("%s: reason %r" % (name, line["reason"]))
+    assert not problems, "\n".join(problems)
