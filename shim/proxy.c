@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -291,10 +292,60 @@ static size_t build_v2(const struct sockaddr *src, const struct sockaddr *dst,
 	return end;
 }
 
+/* An IPv4 address as IPv6 (::ffff:a.b.c.d, RFC 4291 2.5.5.2). */
+static void map_v4(const struct sockaddr *a, struct sockaddr_in6 *out)
+{
+	const struct sockaddr_in *in = (const void *)a;
+
+	memset(out, 0, sizeof(*out));
+	out->sin6_family = AF_INET6;
+	out->sin6_port = in->sin_port;
+	out->sin6_addr.s6_addr[10] = 0xff;
+	out->sin6_addr.s6_addr[11] = 0xff;
+	memcpy(&out->sin6_addr.s6_addr[12], &in->sin_addr, 4);
+}
+
+/* An IPv4-mapped IPv6 address as IPv4; false for any other. */
+static bool unmap_v4(const struct sockaddr *a, struct sockaddr_in *out)
+{
+	const struct sockaddr_in6 *in6 = (const void *)a;
+
+	if (a->sa_family != AF_INET6 || !IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr))
+		return false;
+	memset(out, 0, sizeof(*out));
+	out->sin_family = AF_INET;
+	out->sin_port = in6->sin6_port;
+	memcpy(&out->sin_addr, &in6->sin6_addr.s6_addr[12], 4);
+	return true;
+}
+
+/*
+ * A client of one family on a listener of the other (an IPv6 client
+ * behind a balancer that reaches an IPv4 listener, and the reverse): an
+ * IPv4-mapped one goes out as IPv4, else both as IPv6, the IPv4 one
+ * mapped, as haproxy sends them. Announcing nothing (UNKNOWN, LOCAL)
+ * would make the upstream take mailshim itself, often a trusted local
+ * address, for the client.
+ */
 size_t proxy_build(int version, const struct sockaddr *src,
     const struct sockaddr *dst, const struct proxy_tls *tls, uint8_t *out,
     size_t cap)
 {
+	struct sockaddr_in6 ms, md;
+	struct sockaddr_in us, ud;
+
+	if (src->sa_family == AF_INET6 && dst->sa_family == AF_INET && unmap_v4(src, &us)) {
+		src = (const struct sockaddr *)&us;
+	} else if (src->sa_family == AF_INET && dst->sa_family == AF_INET6 &&
+	    unmap_v4(dst, &ud)) {
+		dst = (const struct sockaddr *)&ud;
+	} else if (src->sa_family == AF_INET && dst->sa_family == AF_INET6) {
+		map_v4(src, &ms);
+		src = (const struct sockaddr *)&ms;
+	} else if (src->sa_family == AF_INET6 && dst->sa_family == AF_INET) {
+		map_v4(dst, &md);
+		dst = (const struct sockaddr *)&md;
+	}
 	return version == 2 ? build_v2(src, dst, tls, out, cap) :
 	    build_v1(src, dst, out, cap);
 }

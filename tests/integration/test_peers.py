@@ -4,6 +4,7 @@ front of mailshim, a real Postfix reading mailshim's PROXY v1/v2 header,
 listen certificates picked by SNI, and client certificates checked
 against listen_client_ca."""
 
+import os
 import smtplib
 import socket
 import ssl
@@ -11,7 +12,7 @@ import ssl
 import pytest
 
 from harness import service, tail
-from peers import wait_listening
+from peers import PrivatePostfix, postfix_main_add, wait_listening
 from clients import SmtpConn, expected_received
 from messages import make_message, sha256
 
@@ -238,3 +239,80 @@ def test_listen_client_ca(make_shim, ports, pki, smtp_sink, listen):
     refused = [d for d in lines if d["result"] == "refused"]
     assert len(refused) == 2, [d["_line"] for d in lines]
     assert all("client_cert" not in d for d in refused)
+
+
+# --------------------------------------------------------------------------
+# A client of one family on a listener of the other, passed on to Postfix
+
+
+@pytest.fixture
+def pf_dual(procs, ports, pki, pubdir):
+    """A private Postfix taking IPv4 and IPv6 clients that trusts the
+    loopback addresses (as a sidecar's upstream does) and nothing else."""
+    if os.geteuid() != 0:
+        pytest.skip("a private Postfix instance needs root")
+    pf = PrivatePostfix(procs, ports, pki.upstream, pki.upstream_key,
+                        pubdir("mailshim-postfix-"))
+    postfix_main_add(pf, "inet_protocols = all", "mynetworks = 127.0.0.0/8 [::1]/128")
+    pf.start()
+    yield pf
+    pf.stop()
+
+
+def smtp_lines(f):
+    """One reply read from a socket file: its lines."""
+    lines = []
+    while True:
+        line = f.readline().decode("ascii", "replace").rstrip("\r\n")
+        lines.append(line)
+        if len(line) < 4 or line[3] != "-":
+            return lines
+
+
+MIXED = {
+    # listener family, the header the balancer sends, the client Postfix must see
+    "v4-client-on-v6-listener": ("::1", b"PROXY TCP4 203.0.113.9 198.51.100.1 4242 25\r\n",
+                                 "203.0.113.9"),
+    "v6-client-on-v4-listener": ("127.0.0.1",
+                                 b"PROXY TCP6 2001:db8::9 2001:db8::25 4242 25\r\n",
+                                 "2001:db8::9"),
+}
+
+
+@pytest.mark.postfix
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("case", sorted(MIXED))
+def test_a_client_of_the_other_family_reaches_postfix_as_itself(make_shim, ports, pf_dual,
+                                                               version, case):
+    """The client address comes from the balancer's header, the destination
+    from the shim's own socket: of two families, the header upstream must
+    still name the client (IPv6, the IPv4 side mapped, as haproxy does),
+    never UNKNOWN or LOCAL, which would make Postfix take the shim, a
+    trusted loopback address, for the client and relay for anyone."""
+    listen_ip, header, client = MIXED[case]
+    port = ports.get()
+    listen = "[%s]:%d" % (listen_ip, port) if ":" in listen_ip else "%s:%d" % (listen_ip, port)
+    shim = make_shim({"sub": dict(service(port, pf_dual.proxy_port), listen=listen,
+                                  proxy_protocol="yes", proxy_from=listen_ip,
+                                  upstream_proxy_protocol=version)})
+    family = socket.AF_INET6 if ":" in listen_ip else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect((listen_ip, port))
+        s.sendall(header)
+        f = s.makefile("rb")
+        assert smtp_lines(f)[-1].startswith("220"), "no greeting"
+        s.sendall(b"EHLO client.test\r\n")
+        assert smtp_lines(f)[-1].startswith("250")
+        s.sendall(b"MAIL FROM:<sender@client.test>\r\n")
+        assert smtp_lines(f)[-1].startswith("250")
+        s.sendall(b"RCPT TO:<rcpt@elsewhere.example>\r\n")
+        rcpt = smtp_lines(f)
+        s.sendall(b"QUIT\r\n")
+        smtp_lines(f)
+    # Postfix judged the balancer's client, not the shim: no relaying.
+    assert rcpt[-1].startswith("554") and "Relay access denied" in rcpt[-1], rcpt
+    log = pf_dual.maillog()
+    rejects = [l for l in log.splitlines() if "Relay access denied" in l]
+    assert rejects and client in rejects[-1], tail(log)
+    assert shim.wait_log()[0]["result"] == "ok"

@@ -257,10 +257,57 @@ static void test_v2_tls(void)
 	CHECK_EQ(proxy_tlv_find((const uint8_t *)"\x04\x00\x00", 3, 2, &ssl, &sslen), 0);
 }
 
+/* A client of one family on a listener of the other: both go out as
+ * IPv6, the IPv4 one mapped, never as UNKNOWN or LOCAL. */
+static void test_mixed_families(void)
+{
+	struct sockaddr_in a4 = { .sin_family = AF_INET, .sin_port = htons(4242) };
+	struct sockaddr_in6 a6 = { .sin6_family = AF_INET6, .sin6_port = htons(587) };
+	struct sockaddr_in6 want;
+	struct proxy_info pi;
+	uint8_t out[256];
+	size_t n;
+
+	inet_pton(AF_INET, "203.0.113.9", &a4.sin_addr);
+	inet_pton(AF_INET6, "2001:db8::9", &a6.sin6_addr);
+	n = proxy_build(1, (struct sockaddr *)&a4, (struct sockaddr *)&a6, NULL, out, sizeof(out));
+	CHECK(n > 0 && n < sizeof(out));
+	out[n] = '\0';
+	CHECK_STR((char *)out, "PROXY TCP6 ::ffff:203.0.113.9 2001:db8::9 4242 587\r\n");
+	n = proxy_build(1, (struct sockaddr *)&a6, (struct sockaddr *)&a4, NULL, out, sizeof(out));
+	CHECK(n > 0 && n < sizeof(out));
+	out[n] = '\0';
+	CHECK_STR((char *)out, "PROXY TCP6 2001:db8::9 ::ffff:203.0.113.9 587 4242\r\n");
+	n = proxy_build(2, (struct sockaddr *)&a6, (struct sockaddr *)&a4, NULL, out, sizeof(out));
+	CHECK_EQ(n, 52);
+	CHECK_EQ(out[12], 0x21);
+	CHECK_EQ(out[13], 0x21);
+	CHECK_EQ(proxy_parse(out, n, &pi), 52);
+	CHECK_EQ(pi.local, 0);
+	CHECK_EQ(pi.src.ss_family, AF_INET6);
+	CHECK(memcmp(&((struct sockaddr_in6 *)&pi.src)->sin6_addr, &a6.sin6_addr, 16) == 0);
+	inet_pton(AF_INET6, "::ffff:203.0.113.9", &want.sin6_addr);
+	CHECK(memcmp(&((struct sockaddr_in6 *)&pi.dst)->sin6_addr, &want.sin6_addr, 16) == 0);
+	n = proxy_build(2, (struct sockaddr *)&a4, (struct sockaddr *)&a6, NULL, out, sizeof(out));
+	CHECK_EQ(proxy_parse(out, n, &pi), 52);
+	CHECK(memcmp(&((struct sockaddr_in6 *)&pi.src)->sin6_addr, &want.sin6_addr, 16) == 0);
+	CHECK_EQ(ntohs(((struct sockaddr_in6 *)&pi.src)->sin6_port), 4242);
+	/* An IPv4-mapped client on an IPv4 listener goes out as IPv4. */
+	inet_pton(AF_INET6, "::ffff:198.51.100.1", &a6.sin6_addr);
+	n = proxy_build(1, (struct sockaddr *)&a6, (struct sockaddr *)&a4, NULL, out, sizeof(out));
+	CHECK(n > 0 && n < sizeof(out));
+	out[n] = '\0';
+	CHECK_STR((char *)out, "PROXY TCP4 198.51.100.1 203.0.113.9 587 4242\r\n");
+	n = proxy_build(2, (struct sockaddr *)&a4, (struct sockaddr *)&a6, NULL, out, sizeof(out));
+	CHECK_EQ(n, 28);
+	CHECK_EQ(out[13], 0x11);
+}
+
 int main(void)
 {
 	test_v1();
 	test_v2_roundtrip();
+	test_mixed_families();
 	test_v2_large();
 	test_v2_tls();
 	return unit_done("test_proxy");
