@@ -148,23 +148,32 @@ static int answer(struct metricsd *d, struct metricsd_conn *c)
 	return text(c, "404 Not Found", "not found\n", head);
 }
 
+static void conn_io(struct metricsd *d, struct metricsd_conn *c);
+
+/*
+ * Full, the oldest connection makes room for the new one: a few clients
+ * that connect and say nothing must not keep the probes of /healthz out
+ * (a liveness probe that fails restarts the container). A probe sends its
+ * request as it connects, so it is read, and mostly answered, at once.
+ */
 static void accept_new(struct metricsd *d, time_t now)
 {
 	for (;;) {
 		int fd = accept4(d->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-		size_t i;
+		size_t i, old = 0;
 
 		if (fd < 0)
 			return;
 		for (i = 0; i < METRICSD_CONNS && d->c[i].fd >= 0; i++)
-			;
+			if (d->c[i].deadline < d->c[old].deadline)
+				old = i;
 		if (i == METRICSD_CONNS) {
-			/* Full: turn it away at once rather than hold it. */
-			close(fd);
-			continue;
+			conn_drop(&d->c[old]);
+			i = old;
 		}
 		d->c[i].fd = fd;
 		d->c[i].deadline = now + METRICSD_TIMEOUT_S;
+		conn_io(d, &d->c[i]);
 	}
 }
 

@@ -4,7 +4,8 @@
  * (200 while serving, 503 while stopping). It runs in the supervisor's
  * poll() loop, far from the workers: a scraper, slow or hostile, can hold
  * at most METRICSD_CONNS small connections for at most METRICSD_TIMEOUT_S
- * each, and never a worker's descriptor or time. One request per
+ * each (a new one takes the oldest one's place), and never a worker's
+ * descriptor or time. One request per
  * connection (Connection: close); anything odd gets 400 and a close.
  */
 #ifndef MAILSHIM_METRICSD_H

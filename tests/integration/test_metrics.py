@@ -194,3 +194,26 @@ def test_idle_scrapers_hold_nothing_of_the_workers(metered):
     wait_until(lambda: curl(shim.mport)[0] == 200, 15, "a scrape after the idle ones")
     for s in idle:
         s.close()
+
+
+def test_silent_connections_never_keep_the_health_check_out(metered):
+    """Clients that connect and say nothing (or half a request) and come
+    back as soon as they are dropped: the newest connection takes the
+    oldest one's place, so each probe of /healthz (a liveness probe that
+    fails restarts the container) and each scrape is still answered,
+    at once, not after the idle ones time out."""
+    shim = metered
+    held = []
+    try:
+        for round_ in range(3):
+            for i in range(40):
+                s = socket.create_connection(("127.0.0.1", shim.mport), timeout=10)
+                if i % 2:
+                    s.sendall(b"GET /metr")
+                held.append(s)
+            code, body = curl(shim.mport, "/healthz")
+            assert (code, body) == (200, "ok\n"), (round_, code, body)
+            assert curl(shim.mport)[0] == 200, round_
+    finally:
+        for s in held:
+            s.close()
