@@ -47,7 +47,9 @@ static pid_t spawn(struct super *sv, unsigned idx)
 	unsigned slot = 0;
 	pid_t pid;
 
-	while (slot < METRICS_PROCS - 1 && sv->proc[slot] != 0)
+	/* All slots live (many reloads with long-draining old workers): the
+	 * new worker counts no active gauge rather than share another's. */
+	while (slot < METRICS_PROCS && sv->proc[slot] != 0)
 		slot++;
 	pid = fork();
 	if (pid == 0) {
@@ -56,9 +58,12 @@ static pid_t spawn(struct super *sv, unsigned idx)
 		close(sv->sfd);
 		metricsd_close(&sv->md);
 		if (shm != NULL) {
-			__atomic_store_n(&shm->active[slot], 0, __ATOMIC_RELAXED);
 			worker_metrics.mw = &shm->w[idx];
-			worker_metrics.active = &shm->active[slot];
+			worker_metrics.active = NULL;
+			if (slot < METRICS_PROCS) {
+				__atomic_store_n(&shm->active[slot], 0, __ATOMIC_RELAXED);
+				worker_metrics.active = &shm->active[slot];
+			}
 		}
 		rc = run_worker(sv->rt, idx, &sv->mask);
 		runtime_free(sv->rt);
@@ -66,8 +71,11 @@ static pid_t spawn(struct super *sv, unsigned idx)
 	}
 	if (pid < 0)
 		log_msg(LEVEL_ERROR, "cannot start worker %u: %s", idx, strerror(errno));
-	else
+	else if (slot < METRICS_PROCS)
 		sv->proc[slot] = pid;
+	else if (shm != NULL)
+		log_msg(LEVEL_WARN, "worker %u: %u processes live, its sessions are not in "
+		    "mailshim_active_sessions", idx, METRICS_PROCS);
 	return pid;
 }
 
