@@ -293,11 +293,22 @@ static void report_drops(void)
 		put(LEVEL_WARN, line, (size_t)n);
 }
 
+/* Peers' words (an MX's reply, a certificate's subject) go into quoted
+ * values as printable ASCII only: no quote or backslash to end the value,
+ * no control byte to start a line for a parser or a terminal, no byte
+ * that is not UTF-8 (journald would keep the line as a blob) or that is
+ * a line break to some (U+0085, U+2028), and a value cut anywhere stays
+ * whole characters. Lossy, in place. */
 void log_unquote(char *s)
 {
-	for (; *s != '\0'; s++)
-		if (*s == '"' || *s == '\\' || *s == '\n' || *s == '\r')
+	for (; *s != '\0'; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c == '"' || c == '\\')
 			*s = '\'';
+		else if (c < 0x20 || c > 0x7e)
+			*s = '?';
+	}
 }
 
 void log_msg(enum log_level level, const char *fmt, ...)

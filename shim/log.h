@@ -27,8 +27,8 @@ void log_attach(struct ev_loop *loop);
 void log_msg(enum log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
-/* Makes s safe inside a quoted log value: a double quote, backslash or
- * line break would end it early, so each becomes a single quote. */
+/* Makes s safe inside a quoted log value, in place: a double quote or
+ * backslash becomes a single quote, any byte but printable ASCII a '?'. */
 void log_unquote(char *s);
 
 /* A raw, already formatted line (the per-connection line). */

@@ -357,3 +357,31 @@ def test_a_bogus_address_answer_fails_the_host(scene, family):  # noqa: F811
     assert line["result"] == "refused" and line.get("reason_code") == "dnssec-invalid", \
         line["_line"]
     assert family in line["reason"], line["_line"]
+
+
+HOSTILE = (b"550 5.7.1 no \x1b[1A\x1b[2K\x0b\x0c\x1c conn=deadbeef service=relay result=ok "
+           b"\xff\xfe\x01 \xc2\x85 \xe2\x80\xa8 \"q\" \\ end\r\n")
+
+
+def test_an_mx_reply_cannot_forge_or_break_a_log_line(scene, fake):  # noqa: F811
+    """The MX's words reach the log inside reason="...", as printable
+    ASCII only: no control byte (a terminal's escapes, the line breaks of
+    some parsers), no byte that is not UTF-8 (journald would keep the
+    line as a blob), no quote to end the value. Every line stays one
+    line, and no line of the MX's making appears."""
+    fake(replies={b"MAIL": HOSTILE})
+    with smtplib.SMTP("127.0.0.1", scene.listen, local_hostname="client.test",
+                      timeout=15) as c:
+        c.ehlo()
+        assert c.mail("s@client.test")[0] == 250
+        assert c.rcpt("r@fake.test")[0] == 550
+        c.rset()
+    line = fake_line(scene.shim)
+    assert line["result"] == "refused", line["_line"]
+    with open(scene.shim.proc.err_path, "rb") as f:
+        raw = f.read()
+    for text in raw.split(b"\n")[:-1]:
+        assert all(0x20 <= b <= 0x7e for b in text), text
+    assert "conn=deadbeef" in line["reason"] and "'q'" in line["reason"], line["_line"]
+    assert not [d for d in scene.shim.log_lines() if d.get("conn") == "deadbeef"]
+    assert len(raw.decode("ascii").splitlines()) == raw.count(b"\n")
