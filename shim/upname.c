@@ -78,15 +78,34 @@ static uint32_t clamp_ttl(uint32_t t)
 	    UPNAME_TTL_MAX : t;
 }
 
+/* IPv6 first, then IPv4; when both families have more than their half
+ * of the list, each keeps its half, so neither is ever crowded out by the
+ * other (whichever answer came first). */
+static void merge(struct upname *u)
+{
+	unsigned n6 = u->ntmp[0], n4 = u->ntmp[1], half = UPNAME_MAX / 2;
+
+	if (n6 + n4 > UPNAME_MAX) {
+		if (n6 > half && n4 > half)
+			n6 = n4 = half;
+		else if (n6 > half)
+			n6 = UPNAME_MAX - n4;
+		else
+			n4 = UPNAME_MAX - n6;
+	}
+	memcpy(u->addr, u->tmp[0], n6 * sizeof(u->addr[0]));
+	memcpy(u->addr + n6, u->tmp[1], n4 * sizeof(u->addr[0]));
+	u->naddr = (uint8_t)(n6 + n4);
+}
+
 /* Both answers are in: take them, or keep the last good ones a while. */
 static void settle(struct upname *u)
 {
 	double now = ev_now(u->loop);
-	bool ok = u->ok[0] && u->ok[1] && u->ntmp > 0;
+	bool ok = u->ok[0] && u->ok[1] && u->ntmp[0] + u->ntmp[1] > 0;
 
 	if (ok) {
-		memcpy(u->addr, u->tmp, sizeof(u->addr));
-		u->naddr = u->ntmp;
+		merge(u);
 		u->secure = u->sec[0] && u->sec[1];
 		u->have = true;
 		u->expires = now + clamp_ttl(u->ttl);
@@ -119,9 +138,8 @@ static void on_answer(const struct dns_answer *a, void *arg)
 	u->ok[i] = a->status == DNS_SECURE || a->status == DNS_INSECURE;
 	u->sec[i] = a->status == DNS_SECURE;
 	if (u->ok[i]) {
-		u->ntmp += (uint8_t)dns_addrs(a, u->port, u->tmp + u->ntmp,
-		    UPNAME_MAX - u->ntmp);
-		if (a->nrr && (u->ttl == 0 || a->ttl < u->ttl))
+		u->ntmp[i] = (uint8_t)dns_addrs(a, u->port, u->tmp[i], UPNAME_MAX);
+		if (a->nrr && a->ttl < u->ttl)
 			u->ttl = a->ttl;
 		if (a->nrr && a->canon) {
 			size_t n = strlen(a->canon);
@@ -141,13 +159,14 @@ static void on_answer(const struct dns_answer *a, void *arg)
 		settle(u);
 }
 
-/* IPv6 first: AAAA answers fill the list before A answers. The two come
- * in any order, so A's addresses wait in their own half until both are in. */
+/* Both families at once; each answer waits in its own list until both
+ * are in (merge). A TTL of 0 is a TTL: the lowest of the two stands. */
 static int refresh(struct upname *u)
 {
 	u->got = 0;
-	u->ntmp = 0;
-	u->ttl = 0;
+	u->ntmp[0] = u->ntmp[1] = 0;
+	u->ttl = UINT32_MAX;
+	u->last = DNS_SECURE;
 	u->why[0] = '\0';
 	u->q[0] = dns_lookup(u->dns, u->host, DNS_TYPE_AAAA, on_answer, u);
 	u->q[1] = dns_lookup(u->dns, u->host, DNS_TYPE_A, on_answer, u);

@@ -19,7 +19,8 @@
 
 #include "dns.h"
 
-#define UPNAME_MAX 8             /* addresses kept (IPv6 first, then IPv4) */
+#define UPNAME_MAX 8             /* addresses kept (IPv6 first, then IPv4;
+                                  * each family has half when both have more) */
 #define UPNAME_STALE_S 3600      /* a stale answer is used this long at most */
 #define UPNAME_TTL_MIN 5
 #define UPNAME_TTL_MAX 86400
@@ -44,15 +45,16 @@ struct upname {
 	uint8_t naddr;
 	bool secure;                 /* every address record DNSSEC-secure */
 	bool have;                   /* an answer was ever had */
-	uint8_t last;                /* enum dns_status of the last failure */
+	uint8_t last;                /* enum dns_status of the last lookup's failure
+	                              * (DNS_SECURE: none) */
 	char canon[256];             /* the name after CNAMEs (no final dot) */
 	double expires, stale_until; /* ev_now() times */
 	struct dns_query *q[2];      /* AAAA, A */
 	uint8_t got;                 /* answers in of the pending pair */
 	bool ok[2], sec[2];
-	struct sockaddr_storage tmp[UPNAME_MAX];
-	uint8_t ntmp;
-	uint32_t ttl;
+	struct sockaddr_storage tmp[2][UPNAME_MAX];  /* AAAA's, A's */
+	uint8_t ntmp[2];
+	uint32_t ttl;                /* the lowest of the answers' */
 	struct upname_wait *waiting;
 	char why[160];               /* why the last lookup failed */
 };

@@ -182,3 +182,47 @@ def test_a_name_that_does_not_resolve_refuses_only_its_sessions(make_shim, ports
             break
         time.sleep(1)
     assert code == 250
+
+
+def test_many_addresses_keep_both_families_ipv6_first(make_shim, ports, procs, workdir,
+                                                      tiny):
+    """Nine AAAA and nine A records, more than the eight addresses kept:
+    each family keeps its half whichever answer came first, IPv6 tried
+    first. Nothing listens at eighteen of them; the last A is tried too,
+    and the message reaches its server."""
+    up_port, port = ports.many(2)
+    good = tiny("127.0.0.1", up_port)
+    v6 = ["up AAAA ::ffff:127.0.1.%d" % i for i in range(1, 10)]   # refused, over IPv6
+    v4 = ["up A 127.0.2.%d" % i for i in range(1, 10)]
+    dns = DnsServer(procs, ports, workdir, zones(v6 + v4))
+    shim = make_shim(conf(dns.port, port, "up.names.test", up_port,
+                          "log_level = info"))
+    assert send(port, "many") in (421, 451, 0)       # none of the eight listens
+    tried = [m.split()[0] for m in
+             [l.split("upstream ", 1)[1] for l in shim.stderr_text().splitlines()
+              if "trying the next address" in l]]
+    assert len(tried) == 7, tried
+    fam = ["6" if t.startswith("[") else "4" for t in tried]
+    assert fam == ["6"] * 4 + ["4"] * 3, tried
+    assert not good.messages
+    dns.restart(zones(["up A 127.0.0.1"]))
+
+
+def test_a_ttl_of_zero_is_kept_as_zero(make_shim, ports, procs, workdir, tiny):
+    """A and AAAA with different TTLs, one of them 0: the lowest stands (held
+    to the 5 s floor), so a changed record reaches new sessions within
+    seconds, not after the other record's 300 s."""
+    up_port, port = ports.many(2)
+    first = tiny("127.0.0.1", up_port)
+    second = tiny("127.0.0.3", up_port)
+    dns = DnsServer(procs, ports, workdir, zones(["up 0 A 127.0.0.1",
+                                                  "up 300 AAAA ::ffff:127.0.1.1"]))
+    shim = make_shim(conf(dns.port, port, "up.names.test", up_port))
+    assert send(port, "ttl-0-first") == 250
+    assert len(first.messages) == 1
+    dns.restart(zones(["up 0 A 127.0.0.3", "up 300 AAAA ::ffff:127.0.1.1"]))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not second.messages:
+        time.sleep(1)
+        assert send(port, "ttl-0-again") == 250
+    assert second.messages, shim.stderr_text()[-2000:]
