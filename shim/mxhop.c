@@ -258,7 +258,10 @@ int mx_up_broke(struct mxsess *s, enum reason why, const char *detail)
 		mx_up_close(s, false);
 		return mx_body_lost(s);
 	case U_RCPT: case U_DATA:
-		s->up_lost = true;
+		/* Only a bound transaction loses its MX: a first RCPT that
+		 * broke leaves the next recipient free to bind elsewhere. */
+		if (s->bound)
+			s->up_lost = true;
 		s->tx_why = why;
 		mx_up_close(s, false);
 		if (mx_say(s, "451 4.4.2 The MX host closed the connection or timed out\r\n") < 0)

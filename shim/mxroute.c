@@ -260,6 +260,7 @@ static void on_mx(const struct dns_answer *a, void *arg)
 int mx_bind_start(struct mxsess *s)
 {
 	s->phase = PH_WAIT;
+	s->up_lost = false;
 	s->frank = 0;
 	s->fwhy = R_NONE;
 	s->fdetail[0] = '\0';

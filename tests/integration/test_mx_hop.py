@@ -25,7 +25,8 @@ class FakeMX(Refuser):
     """An MX that offers STARTTLS and then follows a script: replies
     maps a verb (b"MAIL", b"RCPT", b"DATA", b"DOT") to its reply; body
     says what it does with a body: "reply" (read it to its end, answer
-    replies[b"DOT"]), "close-mid" (read one line, close), "early" (read
+    replies[b"DOT"]; an empty reply closes the session without a
+    word), "close-mid" (read one line, close), "early" (read
     one line, answer 250 at once), "close-end" (read it to its end, close
     without a word). sessions holds the commands of each session (after
     TLS); closed is set when a session ends."""
@@ -72,7 +73,10 @@ class FakeMX(Refuser):
                 if self.replies[b"DATA"].startswith(b"354") and not self.take_body(t, f):
                     break
             else:
-                t.sendall(self.replies.get(verb, b"250 ok\r\n"))
+                reply = self.replies.get(verb, b"250 ok\r\n")
+                if not reply:
+                    break
+                t.sendall(reply)
         t.close()
 
     def take_body(self, t, f):
@@ -385,3 +389,22 @@ def test_an_mx_reply_cannot_forge_or_break_a_log_line(scene, fake):  # noqa: F81
     assert "conn=deadbeef" in line["reason"] and "'q'" in line["reason"], line["_line"]
     assert not [d for d in scene.shim.log_lines() if d.get("conn") == "deadbeef"]
     assert len(raw.decode("ascii").splitlines()) == raw.count(b"\n")
+
+
+def test_a_recipient_whose_mx_closes_does_not_block_the_next(scene, fake):  # noqa: F811
+    """The first recipient's MX closes at its RCPT: that RCPT gets a 451,
+    the transaction is bound to no domain, and the next recipient (of
+    another domain) binds it to its own MX and is delivered."""
+    mx = fake(replies={b"RCPT": b""})
+    _, msg = make_message(300, test_id="mx-rcpt-closed-next")
+    with smtplib.SMTP("127.0.0.1", scene.listen, local_hostname="client.test",
+                      timeout=15) as c:
+        c.ehlo()
+        assert c.mail("s@client.test")[0] == 250
+        code, text = c.rcpt("x@fake.test")
+        assert code == 451 and b"4.4.2" in text, (code, text)
+        assert c.rcpt("y@ee.test")[0] == 250
+        assert c.data(msg)[0] == 250
+    got, meta = scene.rx["ee"].wait_message("mx-rcpt-closed-next")
+    assert meta["rcpt_tos"] == ["y@ee.test"]
+    assert len(mx.sessions) == 1
