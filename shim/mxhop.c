@@ -41,6 +41,21 @@ void mx_up_close(struct mxsess *s, bool quit)
 	mx_up_enter(s, U_NONE);
 }
 
+void mx_addr_text(const struct sockaddr *a, char *out, size_t len)
+{
+	char ip[INET6_ADDRSTRLEN] = "?";
+
+	if (a->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)(const void *)a;
+		inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
+		snprintf(out, len, "[%s]:%u", ip, ntohs(s6->sin6_port));
+	} else {
+		const struct sockaddr_in *s4 = (const struct sockaddr_in *)(const void *)a;
+		inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
+		snprintf(out, len, "%s:%u", ip, ntohs(s4->sin_port));
+	}
+}
+
 int mx_send_up(struct mxsess *s, const char *p, size_t n, enum up_state next)
 {
 	if (pump_insert(&s->uout, p, n) < 0)

@@ -20,21 +20,6 @@ static void touch(struct mxsess *s)
 	mx_set_timer(s, s->svc->svc->timeout_idle_ms);
 }
 
-void mx_addr_text(const struct sockaddr *a, char *out, size_t len)
-{
-	char ip[INET6_ADDRSTRLEN] = "?";
-
-	if (a->sa_family == AF_INET6) {
-		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)(const void *)a;
-		inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
-		snprintf(out, len, "[%s]:%u", ip, ntohs(s6->sin6_port));
-	} else {
-		const struct sockaddr_in *s4 = (const struct sockaddr_in *)(const void *)a;
-		inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
-		snprintf(out, len, "%s:%u", ip, ntohs(s4->sin_port));
-	}
-}
-
 int mx_reply(struct mxsess *s, const char *r, size_t n)
 {
 	if (pump_insert(&s->cout, r, n) < 0)
@@ -69,6 +54,14 @@ static int client_parse(struct mxsess *s)
 		size_t len = pump_unseen(&s->cin);
 		const char *nl = memchr(p, '\n', len);
 
+		if (s->skip > 0) {      /* the chunk of a refused BDAT */
+			len = len < s->skip ? len : (size_t)s->skip;
+			buf_cut(s->cin.b, len);
+			s->skip -= len;
+			touch(s);
+			progress = 1;
+			continue;
+		}
 		if (nl == NULL) {
 			if (len >= SMTP_LINE_MAX)
 				return mx_close_after(s, "500 5.5.2 Line too long\r\n");

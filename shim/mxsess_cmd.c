@@ -180,6 +180,23 @@ static int cmd_mail(struct mxsess *s, const char *line, size_t len, const char *
 	return mx_say(s, "250 2.1.0 Ok\r\n");
 }
 
+/* CHUNKING is not offered, but a chunk follows the BDAT: its bytes are
+ * dropped, never read as commands (RFC 3030 2). Where a BDAT of another
+ * spelling ends is unknown, and a chunk larger than any message is not
+ * waited for: the session ends. */
+static int cmd_bdat(struct mxsess *s, const char *line, size_t len)
+{
+	uint64_t size;
+
+	if (!route_bdat(line, len, &size))
+		return mx_close_after(s, "501 5.5.4 Syntax: BDAT size [LAST]\r\n");
+	if (size > SMTP_CHUNK_MAX)
+		return mx_close_after(s, "552 5.3.4 BDAT chunk larger than the message "
+		    "size limit\r\n");
+	s->skip = size;
+	return mx_say(s, "502 5.5.1 CHUNKING is not offered\r\n");
+}
+
 /* The last reply (if it fits) and a clean close; never fails. */
 int mx_close_after(struct mxsess *s, const char *r)
 {
@@ -240,7 +257,7 @@ int mx_command(struct mxsess *s, const char *line, size_t len)
 	case ROUTE_V_HELP:
 		return mx_say(s, "214 2.0.0 mailshim outbound relay\r\n");
 	case ROUTE_V_BDAT:
-		return mx_say(s, "502 5.5.1 CHUNKING is not offered\r\n");
+		return cmd_bdat(s, line, len);
 	case ROUTE_V_AUTH:
 		return mx_say(s, "502 5.5.1 AUTH is not offered\r\n");
 	default:

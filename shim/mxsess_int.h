@@ -64,6 +64,7 @@ struct mxsess {
 	/* The transaction. */
 	bool tx, bound, delivered;
 	bool discard;                       /* the MX is gone: the body is read, dropped */
+	uint64_t skip;                      /* bytes of a refused BDAT's chunk still to drop */
 	struct route_mail mail;
 	char dom[ROUTE_NAME_MAX];
 	unsigned nrcpt;
@@ -104,7 +105,6 @@ int mx_reply(struct mxsess *s, const char *r, size_t n);  /* to the client; -1: 
 int mx_say(struct mxsess *s, const char *r);
 int mx_answered(struct mxsess *s);       /* the MX work for a command is done */
 void mx_tx_end(struct mxsess *s);        /* log the transaction, QUIT the MX */
-void mx_addr_text(const struct sockaddr *a, char *out, size_t len);
 
 /* mxsess_cmd.c: the client's commands. */
 int mx_command(struct mxsess *s, const char *line, size_t len);  /* one line, CRLF and all */
@@ -122,6 +122,7 @@ int mx_up_io(struct mxsess *s);          /* the MX socket's turn */
 int mx_up_broke(struct mxsess *s, enum reason why, const char *detail);  /* reset, timeout */
 int mx_send_up(struct mxsess *s, const char *p, size_t n, enum up_state next);
 int mx_addr_connect(struct mxsess *s);   /* connect to the host's next address */
+void mx_addr_text(const struct sockaddr *a, char *out, size_t len);
 
 /* mxroute.c: the choice of MX host, the same returns. */
 int mx_bind_start(struct mxsess *s);     /* first RCPT of s->dom: find an MX */

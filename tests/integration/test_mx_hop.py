@@ -408,3 +408,37 @@ def test_a_recipient_whose_mx_closes_does_not_block_the_next(scene, fake):  # no
     got, meta = scene.rx["ee"].wait_message("mx-rcpt-closed-next")
     assert meta["rcpt_tos"] == ["y@ee.test"]
     assert len(mx.sessions) == 1
+
+
+def raw_reply(f):
+    lines = []
+    while True:
+        line = f.readline()
+        if not line:
+            return None, b"".join(lines)
+        lines.append(line)
+        if line[3:4] != b"-":
+            return int(line[:3]), b"".join(lines)
+
+
+def test_a_refused_bdat_chunk_is_dropped_never_run(scene):  # noqa: F811
+    """CHUNKING is not offered: a BDAT gets 502 and its chunk (here a
+    MAIL command, sent in two parts) is read and dropped, never run; a
+    BDAT whose chunk size cannot be read gets 501 and the session ends."""
+    chunk = b"MAIL FROM:<evil@x.test>\r\n"
+    with socket.create_connection(("127.0.0.1", scene.listen), timeout=10) as c, \
+            c.makefile("rb") as f:
+        assert raw_reply(f)[0] == 220
+        c.sendall(b"EHLO client.test\r\n")
+        assert raw_reply(f)[0] == 250
+        c.sendall(b"BDAT %d LAST\r\n" % len(chunk) + chunk[:10])
+        assert raw_reply(f)[0] == 502
+        time.sleep(0.2)
+        c.sendall(chunk[10:] + b"NOOP\r\n")
+        assert raw_reply(f) == (250, b"250 2.0.0 Ok\r\n")
+        c.sendall(b"MAIL FROM:<s@client.test>\r\n")
+        assert raw_reply(f)[0] == 250, "the chunk's MAIL was run"
+        c.sendall(b"BDAT 025\r\nNOOP\r\n")
+        code, text = raw_reply(f)
+        assert code == 501 and b"5.5.4" in text, text
+        assert raw_reply(f) == (None, b"")
