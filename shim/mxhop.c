@@ -56,12 +56,28 @@ void mx_addr_text(const struct sockaddr *a, char *out, size_t len)
 	}
 }
 
+/* A wait for the MX. While a first RCPT looks for its MX host, no wait
+ * goes past the deadline of the whole search (MX_SEARCH_MS). */
+void mx_up_timer(struct mxsess *s, uint32_t ms)
+{
+	if (!s->bound && s->phase == PH_WAIT) {
+		double left = (s->search_end - ev_now(s->w->loop)) * 1000.0;
+		if (left < ms)
+			ms = left > 1.0 ? (uint32_t)left : 1;
+	}
+	mx_set_timer(s, ms);
+}
+
 int mx_send_up(struct mxsess *s, const char *p, size_t n, enum up_state next)
 {
+	const struct service *svc = s->svc->svc;
+
 	if (pump_insert(&s->uout, p, n) < 0)
 		return -1;
 	mx_up_enter(s, next);
-	mx_set_timer(s, s->svc->svc->timeout_reply_ms);
+	/* EHLO and STARTTLS are the STARTTLS dialogue: timeout_handshake. */
+	mx_up_timer(s, next == U_EHLO1 || next == U_STARTTLS || next == U_EHLO2 ?
+	    svc->timeout_handshake_ms : svc->timeout_reply_ms);
 	return 1;
 }
 
@@ -83,7 +99,7 @@ int mx_addr_connect(struct mxsess *s)
 	ev_init(&s->up.io, mx_up_io_cb);
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	mx_up_enter(s, U_CONNECT);
-	mx_set_timer(s, s->svc->svc->timeout_connect_ms);
+	mx_up_timer(s, s->svc->svc->timeout_connect_ms);
 	if (connect(fd, (const struct sockaddr *)a, a->ss_family == AF_INET6 ?
 	    sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in)) < 0) {
 		if (errno != EINPROGRESS) {
@@ -103,7 +119,7 @@ static int tls_start(struct mxsess *s)
 		return mx_host_fail(s, R_UP_TLS_START, NULL);
 	hs_watch(&s->up);
 	mx_up_enter(s, U_HS);
-	mx_set_timer(s, s->svc->svc->timeout_handshake_ms);
+	mx_up_timer(s, s->svc->svc->timeout_handshake_ms);
 	return 1;
 }
 
@@ -124,7 +140,7 @@ static int connected(struct mxsess *s)
 	if (s->svc->svc->upstream_tls == MODE_IMPLICIT)
 		return tls_start(s);
 	mx_up_enter(s, U_GREET);
-	mx_set_timer(s, s->svc->svc->timeout_reply_ms);
+	mx_up_timer(s, s->svc->svc->timeout_handshake_ms);
 	return 1;
 }
 
@@ -147,7 +163,7 @@ static int handshake(struct mxsess *s)
 	s->tls_up = true;
 	if (s->svc->svc->upstream_tls == MODE_IMPLICIT) {
 		mx_up_enter(s, U_GREET);
-		mx_set_timer(s, s->svc->svc->timeout_reply_ms);
+		mx_up_timer(s, s->svc->svc->timeout_handshake_ms);
 		return 1;
 	}
 	return mx_send_up(s, s->svc->ehlo, s->svc->ehlo_len, U_EHLO2);
@@ -257,6 +273,12 @@ static int up_reply(struct mxsess *s, int code, const char *p, size_t n)
 /* The MX hop broke (reset, close, timeout). */
 int mx_up_broke(struct mxsess *s, enum reason why, const char *detail)
 {
+	/* The search for the first RCPT's MX host ran out of time: the
+	 * sender gets its answer before it gives up waiting for one. */
+	if (!s->bound && s->phase == PH_WAIT && s->up_state != U_NONE &&
+	    ev_now(s->w->loop) >= s->search_end - 0.01)
+		return mx_rcpt_final(s, LIT("451 4.4.1 No MX host of the domain answered in "
+		    "time\r\n"), why, "the search for an MX host timed out");
 	switch (s->up_state) {
 	case U_CONNECT:
 		mx_note(s, why, detail);

@@ -207,7 +207,7 @@ int mx_host_next(struct mxsess *s)
 	s->q = dns_lookup(s->w->dns, s->host, DNS_TYPE_A, on_addr, s);
 	if (s->q == NULL)
 		return mx_rcpt_final(s, LIT("451 4.3.0 Out of memory\r\n"), R_NO_MEMORY, NULL);
-	mx_set_timer(s, s->w->cfg->timeout_dns_ms * 3);
+	mx_up_timer(s, s->w->cfg->timeout_dns_ms * 3);
 	return 0;
 }
 
@@ -261,6 +261,7 @@ int mx_bind_start(struct mxsess *s)
 {
 	s->phase = PH_WAIT;
 	s->up_lost = false;
+	s->search_end = ev_now(s->w->loop) + MX_SEARCH_MS / 1000.0;
 	s->frank = 0;
 	s->fwhy = R_NONE;
 	s->fdetail[0] = '\0';
@@ -268,6 +269,6 @@ int mx_bind_start(struct mxsess *s)
 	s->q = dns_lookup(s->w->dns, s->dom, DNS_TYPE_MX, on_mx, s);
 	if (s->q == NULL)
 		return mx_rcpt_final(s, LIT("451 4.3.0 Out of memory\r\n"), R_NO_MEMORY, NULL);
-	mx_set_timer(s, s->w->cfg->timeout_dns_ms * 2);
+	mx_up_timer(s, s->w->cfg->timeout_dns_ms * 2);
 	return 0;
 }

@@ -412,7 +412,8 @@ static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 	}
 	if (s->phase == PH_WAIT) {
 		r = mx_up_broke(s, s->up_state == U_CONNECT ? R_UP_CONNECT_TIMEOUT :
-		    s->up_state == U_HS ? R_UP_HANDSHAKE_TIMEOUT : R_REPLY_TIMEOUT, "timeout");
+		    s->up_state >= U_GREET && s->up_state <= U_EHLO2 ? R_UP_HANDSHAKE_TIMEOUT :
+		    R_REPLY_TIMEOUT, "timeout");
 		if (r < 0) {
 			sess_close(s, R_NO_MEMORY, NULL);
 			return;

@@ -40,6 +40,10 @@
 #define LINGER_MS 2000
 #define ADDR_MAX 8
 #define RCPT_MAX 1000
+/* The whole search for a first RCPT's MX host (lookups, every host and
+ * address): under the 5 minutes a sender waits for the RCPT's reply (RFC
+ * 5321 4.5.3.2, Postfix's smtp_rcpt_timeout). */
+#define MX_SEARCH_MS (240u * 1000u)
 #define LIT(s) s, sizeof(s) - 1
 
 enum cl_state { CL_HS, CL_STARTTLS, CL_READY, CL_CLOSING, CL_LINGER };
@@ -59,6 +63,7 @@ struct mxsess {
 	ev_timer timer;
 	ev_idle again;
 	ev_tstamp start, tx_start, touched;
+	ev_tstamp search_end;               /* the deadline of the MX search */
 	const char *cl_ver, *cl_cipher, *up_ver, *up_auth;
 	unsigned ntx;                       /* transactions logged */
 	/* The transaction. */
@@ -121,6 +126,7 @@ void mx_up_close(struct mxsess *s, bool quit);   /* QUIT (if at a boundary) and 
 int mx_up_io(struct mxsess *s);          /* the MX socket's turn */
 int mx_up_broke(struct mxsess *s, enum reason why, const char *detail);  /* reset, timeout */
 int mx_send_up(struct mxsess *s, const char *p, size_t n, enum up_state next);
+void mx_up_timer(struct mxsess *s, uint32_t ms);  /* a wait for the MX (its deadline) */
 int mx_addr_connect(struct mxsess *s);   /* connect to the host's next address */
 void mx_addr_text(const struct sockaddr *a, char *out, size_t len);
 

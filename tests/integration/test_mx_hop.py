@@ -442,3 +442,53 @@ def test_a_refused_bdat_chunk_is_dropped_never_run(scene):  # noqa: F811
         code, text = raw_reply(f)
         assert code == 501 and b"5.5.4" in text, text
         assert raw_reply(f) == (None, b"")
+
+
+class Mute(Refuser):
+    """An MX that takes the connection and then says nothing (mode
+    "greet"), or greets and never answers EHLO (mode "ehlo")."""
+
+    def __init__(self, host, port, mode):
+        self.mode = mode
+        self.sessions = 0
+        super().__init__(host, port)
+
+    def serve(self, c):
+        self.sessions += 1
+        c.settimeout(0.2)
+        if self.mode == "ehlo":
+            c.sendall(b"220 mute ESMTP\r\n")
+        while not self.stop:
+            try:
+                if not c.recv(1024):
+                    return
+            except socket.timeout:
+                continue
+
+
+@pytest.mark.parametrize("mode", ["greet", "ehlo"])
+def test_a_mute_primary_mx_is_left_at_timeout_handshake(scene, make_shim, ports, mode):  # noqa: F811,E501
+    """The first MX of down.test takes the connection and never greets
+    (or never answers EHLO): the STARTTLS dialogue is held to
+    timeout_handshake, not timeout_reply, and the second MX gets the
+    message while the sender still waits for the RCPT's reply."""
+    listen = ports.get()
+    make_shim("\n".join([
+        "[global]", "workers = 1", "helo_name = shim.test",
+        "dns_resolver = 127.0.0.1@%d" % scene.dns.port,
+        "dnssec_trust_anchor = %s" % scene.dns.trust_anchor_path, "",
+        "[mute]", "listen = 127.0.0.1:%d" % listen, "upstream = mx",
+        "upstream_port = %d" % scene.port, "relay_from = 127.0.0.0/8",
+        "upstream_ca = %s" % scene.p.ca, "timeout_handshake = 2s",
+        "timeout_reply = 60s", ""]))
+    mute = Mute("127.0.0.13", scene.port, mode)
+    try:
+        t = time.monotonic()
+        replies, msg = send(listen, ["r@down.test"], "mx-mute-" + mode)
+        took = time.monotonic() - t
+    finally:
+        mute.close()
+    assert [c for c, _ in replies] == [250, 250], replies
+    assert took < 20, "the RCPT took %.1f s" % took
+    assert mute.sessions == 1
+    scene.rx["down2"].wait_message("mx-mute-" + mode)
