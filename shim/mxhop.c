@@ -239,6 +239,16 @@ static int up_reply(struct mxsess *s, int code, const char *p, size_t n)
 		mx_up_enter(s, U_READY);
 		return mx_answered(s);
 	case U_DATA:
+		/* Neither go-ahead nor refusal: the MX does not follow. */
+		if (code != 354 && code / 100 != 4 && code / 100 != 5) {
+			s->up_lost = true;
+			s->tx_why = R_UP_SMTP;
+			snprintf(s->tx_detail, sizeof(s->tx_detail), "MX answered DATA with %s", why);
+			mx_up_close(s, false);
+			if (mx_say(s, "451 4.5.0 The MX host gave no go-ahead for DATA\r\n") < 0)
+				return -1;
+			return mx_answered(s);
+		}
 		if (mx_reply(s, p, n) < 0)
 			return -1;
 		if (code != 354) {

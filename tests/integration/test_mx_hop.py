@@ -492,3 +492,22 @@ def test_a_mute_primary_mx_is_left_at_timeout_handshake(scene, make_shim, ports,
     assert took < 20, "the RCPT took %.1f s" % took
     assert mute.sessions == 1
     scene.rx["down2"].wait_message("mx-mute-" + mode)
+
+
+def test_a_2xx_to_data_is_not_taken_for_a_delivery(scene, fake):  # noqa: F811
+    """The MX answers DATA with 250 instead of 354: the client gets no
+    reply it could take for a delivery but 451 4.5.0, the MX is let go
+    and the transaction is logged as an error."""
+    mx = fake(replies={b"DATA": b"250 2.0.0 weird\r\n"})
+    with smtplib.SMTP("127.0.0.1", scene.listen, local_hostname="client.test",
+                      timeout=15) as c:
+        c.ehlo()
+        assert c.mail("s@client.test")[0] == 250
+        assert c.rcpt("r@fake.test")[0] == 250
+        code, text = c.docmd("DATA")
+        assert code == 451 and text.startswith(b"4.5.0"), (code, text)
+        assert c.noop()[0] == 250
+        c.rset()
+    wait_until(mx.closed.is_set, 5, "the MX session to end")
+    line = fake_line(scene.shim)
+    assert line["result"] == "error" and "250 2.0.0 weird" in line["reason"], line["_line"]
