@@ -15,13 +15,16 @@ void mx_up_enter(struct mxsess *s, enum up_state st)
 	s->up.rd_wait = s->up.wr_wait = 0;
 }
 
-/* The MX session ends: QUIT when it is at a command boundary. */
+/* The MX session ends: QUIT when it is at a command boundary. Never in
+ * the body (DATA sent, its end not answered): QUIT would be body text,
+ * ahead of body bytes not yet out; closing drops the message. */
 void mx_up_close(struct mxsess *s, bool quit)
 {
 	dns_cancel(s->q);
 	s->q = NULL;
 	if (s->up.fd >= 0) {
 		if (quit && s->up_state >= U_GREET && s->up_state != U_HS &&
+		    s->up_state != U_DATA && s->up_state != U_DOT &&
 		    pump_approved(&s->uout) == 0) {
 			(void)ep_write(&s->up, "QUIT\r\n", 6);
 			(void)ep_shutdown(&s->up, false);
@@ -270,6 +273,7 @@ static int up_reply(struct mxsess *s, int code, const char *p, size_t n)
 		s->delivered = code / 100 == 2;
 		if (!s->delivered)
 			tx_refused(s, why);
+		mx_up_enter(s, U_READY);
 		mx_tx_end(s);
 		return mx_answered(s);
 	default:

@@ -29,7 +29,8 @@ class FakeMX(Refuser):
     word), "close-mid" (read one line, close), "early" (read
     one line, answer 250 at once), "close-end" (read it to its end, close
     without a word). sessions holds the commands of each session (after
-    TLS); closed is set when a session ends."""
+    TLS), bodies the lines of each body; closed is set when a session
+    ends."""
 
     def __init__(self, host, port, cert, body="reply", replies=None):
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -38,6 +39,7 @@ class FakeMX(Refuser):
         self.replies = {b"DATA": b"354 go ahead\r\n", b"DOT": b"250 2.0.0 queued\r\n"}
         self.replies.update(replies or {})
         self.sessions = []
+        self.bodies = []
         self.closed = threading.Event()
         super().__init__(host, port)
 
@@ -81,12 +83,15 @@ class FakeMX(Refuser):
 
     def take_body(self, t, f):
         """Read a body as the script says; False: the session is over."""
+        body = []
+        self.bodies.append(body)
         if self.body in ("close-mid", "early"):
-            f.readline()
+            body.append(f.readline())
             if self.body == "close-mid":
                 return False
             t.sendall(b"250 2.0.0 early\r\n")
         for line in f:
+            body.append(line)
             if line == b".\r\n":
                 break
         if self.body == "close-end":
@@ -120,8 +125,9 @@ def fake_line(shim):
                          d.get("mx") == "mx.fake.test")[0]
 
 
-def open_body(scene, test_id):
-    c = smtplib.SMTP("127.0.0.1", scene.listen, local_hostname="client.test", timeout=15)
+def open_body(scene, test_id, port=None):
+    c = smtplib.SMTP("127.0.0.1", port or scene.listen, local_hostname="client.test",
+                     timeout=15)
     c.ehlo()
     assert c.mail("s@client.test")[0] == 250
     assert c.rcpt("r@fake.test")[0] == 250
@@ -511,3 +517,25 @@ def test_a_2xx_to_data_is_not_taken_for_a_delivery(scene, fake):  # noqa: F811
     wait_until(mx.closed.is_set, 5, "the MX session to end")
     line = fake_line(scene.shim)
     assert line["result"] == "error" and "250 2.0.0 weird" in line["reason"], line["_line"]
+
+
+@pytest.mark.parametrize("how", ["leave", "idle"])
+def test_no_quit_into_the_body_of_a_client_that_goes(scene, fake, how):  # noqa: F811
+    """The client leaves (or idles past timeout_idle) in the middle of its
+    body: the MX connection is closed as it is, with no QUIT written into
+    the body, so the MX drops the partial message."""
+    mx = fake()
+    c = open_body(scene, "mx-no-quit-" + how, scene.slow if how == "idle" else None)
+    c.send(b"partial")
+    if how == "leave":
+        time.sleep(0.3)
+        c.close()
+    else:
+        code, _ = c.getreply()
+        assert code == 421, code
+        c.close()
+    wait_until(mx.closed.is_set, 10, "the MX session to end")
+    assert len(mx.bodies) == 1, mx.bodies
+    assert b".\r\n" not in mx.bodies[0], mx.bodies
+    assert not any(b"QUIT" in l for l in mx.bodies[0]), mx.bodies
+    assert not any(l.upper().startswith(b"QUIT") for l in mx.sessions[0]), mx.sessions
