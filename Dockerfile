@@ -14,7 +14,7 @@
 FROM debian:12 AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-        gcc make libc6-dev android-libboringssl-dev libev-dev libunbound-dev \
+        gcc make libc6-dev android-libboringssl-dev libev-dev libunbound-dev libidn2-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Makefile ./
@@ -25,11 +25,12 @@ RUN make -j"$(nproc)" && make install DESTDIR=/out PREFIX=/usr
 
 FROM debian:12-slim
 # Runtime libraries only: BoringSSL (never the system OpenSSL), libev,
-# libunbound and the DNSSEC root key for DANE, the CA bundle for
+# libunbound and the DNSSEC root key for DANE, libidn2 for the outbound
+# relay's internationalized domains, the CA bundle for
 # upstream_verify = verify.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-        android-libboringssl libev4 libunbound8 dns-root-data ca-certificates \
+        android-libboringssl libev4 libunbound8 libidn2-0 dns-root-data ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10025 --user-group --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin mailshim \

@@ -20,7 +20,9 @@ SSL_LIBS := -L$(SSL_LIB) -Wl,-rpath,$(SSL_LIB) -l:libssl.so.0 -l:libcrypto.so.0
 # after deps.sh, so that on a fresh machine it sees the libev.a just installed.
 LIBEV_A  := $(shell $(CC) -print-file-name=libev.a)
 DNS_LIBS := -lunbound
-LIBS     := $(SSL_LIBS) $(DNS_LIBS)
+# libidn2: the outbound relay's recipient domains in U-labels (IDNA2008).
+IDN_LIBS := -lidn2
+LIBS     := $(SSL_LIBS) $(DNS_LIBS) $(IDN_LIBS)
 
 ifeq ($(SAN),1)
 B        := build/san

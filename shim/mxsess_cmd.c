@@ -2,6 +2,8 @@
  * end and its log line (mxsess_int.h). */
 #include "mxsess_int.h"
 
+#include <idn2.h>
+
 static const char *const result_names[] = { "ok", "refused", "error" };
 
 /* One line per transaction (and one for a session that had none). */
@@ -118,6 +120,30 @@ const char *mx_helo_name(const struct mxsess *s, char *out, size_t len)
 	return out;
 }
 
+/* A recipient domain in U-labels (RFC 6531) goes to DNS, TLSA names,
+ * certificate checks and the one-domain rule as A-labels (IDNA2008); the
+ * RCPT line is relayed as the client wrote it. NULL ok, else the reply. */
+static const char *rcpt_alabels(const struct mxsess *s, char *dom, size_t len)
+{
+	char *out = NULL;
+	const char *r = NULL;
+	size_t i;
+
+	for (i = 0; dom[i] != '\0' && (unsigned char)dom[i] < 0x80; i++)
+		;
+	if (dom[i] == '\0')
+		return NULL;
+	if (!s->mail.smtputf8)
+		return "553 5.6.7 A non-ASCII recipient domain needs MAIL FROM with SMTPUTF8\r\n";
+	if (idn2_to_ascii_8z(dom, &out, IDN2_NFC_INPUT | IDN2_NONTRANSITIONAL) != IDN2_OK ||
+	    strlen(out) >= len)
+		r = "553 5.1.3 The recipient domain is not a valid internationalized name\r\n";
+	else
+		snprintf(dom, len, "%s", out);
+	idn2_free(out);
+	return r;
+}
+
 static int cmd_rcpt(struct mxsess *s, const char *line, size_t len, const char *args)
 {
 	char dom[ROUTE_NAME_MAX];
@@ -126,6 +152,8 @@ static int cmd_rcpt(struct mxsess *s, const char *line, size_t len, const char *
 	if (!s->tx)
 		return mx_say(s, "503 5.5.1 MAIL first\r\n");
 	bad = route_rcpt_domain(args, (size_t)(line + len - args), dom, sizeof(dom));
+	if (bad == NULL)
+		bad = rcpt_alabels(s, dom, sizeof(dom));
 	if (bad != NULL)
 		return mx_say(s, bad);
 	if (s->nrcpt >= RCPT_MAX)

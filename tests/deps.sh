@@ -8,7 +8,7 @@ set -eu
 # test, `make run` or `make bench` uses is named here, including the ones a
 # named package only recommends: swaks does TLS only with
 # libnet-ssleay-perl and IPv6 only with libio-socket-inet6-perl.
-build="gcc make libc6-dev android-libboringssl-dev libev-dev libunbound-dev dns-root-data
+build="gcc make libc6-dev android-libboringssl-dev libev-dev libunbound-dev libidn2-dev dns-root-data
  clang libclang-rt-14-dev"
 peers="openssl ca-certificates swaks libnet-ssleay-perl perl-openssl-defaults libio-socket-inet6-perl
  postfix python3 python3-aiosmtpd python3-pytest python3-pytest-xdist

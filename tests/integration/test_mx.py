@@ -52,6 +52,9 @@ def zones(p, port, fixed=False):
         Zone("evil.test.", ["@ MX 10 mx", "mx A 127.0.0.22"]),
         # A scripted MX (test_mx_hop.py): CA-checked, no TLSA records.
         Zone("fake.test.", ["@ MX 10 mx", "mx A 127.0.0.23"]),
+        # bücher.test in A-labels, for a scripted MX under DANE-EE.
+        Zone("xn--bcher-kva.test.", ["@ MX 10 mx", "mx A 127.0.0.24",
+                                     "_%d._tcp.mx TLSA %s" % (port, ee)]),
         # One address family bogus (BOGUS), the other secure, the TLSA
         # records matching nothing: only a check that skipped DANE passes.
         Zone("bogus4.test.", ["@ MX 10 mx", "mx A 127.0.0.25", "mx AAAA ::1",

@@ -30,12 +30,13 @@ class FakeMX(Refuser):
     one line, answer 250 at once), "close-end" (read it to its end, close
     without a word). sessions holds the commands of each session (after
     TLS), bodies the lines of each body; closed is set when a session
-    ends."""
+    ends. utf8 makes its EHLO reply offer SMTPUTF8."""
 
-    def __init__(self, host, port, cert, body="reply", replies=None):
+    def __init__(self, host, port, cert, body="reply", replies=None, utf8=False):
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(cert[0], cert[1])
         self.body = body
+        self.ehlo = b"250-fake\r\n%s250 8BITMIME\r\n" % (b"250-SMTPUTF8\r\n" if utf8 else b"")
         self.replies = {b"DATA": b"354 go ahead\r\n", b"DOT": b"250 2.0.0 queued\r\n"}
         self.replies.update(replies or {})
         self.sessions = []
@@ -66,7 +67,7 @@ class FakeMX(Refuser):
             seen.append(line)
             verb = line[:4].upper()
             if verb == b"EHLO":
-                t.sendall(b"250-fake\r\n250 8BITMIME\r\n")
+                t.sendall(self.ehlo)
             elif verb == b"QUIT":
                 t.sendall(b"221 bye\r\n")
                 break
@@ -539,3 +540,41 @@ def test_no_quit_into_the_body_of_a_client_that_goes(scene, fake, how):  # noqa:
     assert b".\r\n" not in mx.bodies[0], mx.bodies
     assert not any(b"QUIT" in l for l in mx.bodies[0]), mx.bodies
     assert not any(l.upper().startswith(b"QUIT") for l in mx.sessions[0]), mx.sessions
+
+
+def test_a_recipient_domain_in_u_labels_goes_to_its_a_label_mx(scene):  # noqa: F811
+    """RCPT TO:<u@bücher.test> (with SMTPUTF8) is routed as xn--bcher-kva.test
+    (its MX, its TLSA records) and relayed as the client wrote it; the
+    A-label spelling is the same domain; a name IDNA2008 refuses gets
+    553 5.1.3, and a non-ASCII domain without SMTPUTF8 553 5.6.7."""
+    mx = FakeMX("127.0.0.24", scene.port, scene.p.ee, utf8=True)
+    try:
+        with socket.create_connection(("127.0.0.1", scene.listen), timeout=15) as c, \
+                c.makefile("rb") as f:
+            def cmd(line):
+                c.sendall(line)
+                return raw_reply(f)
+            assert raw_reply(f)[0] == 220
+            assert cmd(b"EHLO client.test\r\n")[0] == 250
+            assert cmd(b"MAIL FROM:<s@client.test> SMTPUTF8\r\n")[0] == 250
+            got = cmd("RCPT TO:<u@b\u00fccher.test>\r\n".encode())
+            assert got[0] == 250, got
+            assert cmd(b"RCPT TO:<w@xn--bcher-kva.test>\r\n")[0] == 250
+            for bad in (b"v@b\xc3.test", "v@\u2603.test".encode()):
+                code, text = cmd(b"RCPT TO:<%s>\r\n" % bad)
+                assert code == 553 and b"5.1.3" in text, (bad, text)
+            assert cmd(b"DATA\r\n")[0] == 354
+            code, text = cmd(b"X-Test-Id: mx-idn\r\n\r\nhello\r\n.\r\n")
+            assert code == 250, text
+            assert cmd(b"MAIL FROM:<s@client.test>\r\n")[0] == 250
+            code, text = cmd("RCPT TO:<u@b\u00fccher.test>\r\n".encode())
+            assert code == 553 and b"5.6.7" in text, text
+            cmd(b"QUIT\r\n")
+    finally:
+        mx.close()
+    rcpts = [l for l in mx.sessions[0] if l.upper().startswith(b"RCPT")]
+    assert rcpts == ["RCPT TO:<u@b\u00fccher.test>\r\n".encode(),
+                     b"RCPT TO:<w@xn--bcher-kva.test>\r\n"], mx.sessions
+    assert mx.bodies[0][-1] == b".\r\n"
+    line = scene.shim.wait_log(lambda d: d.get("mx") == "mx.xn--bcher-kva.test")[0]
+    assert line["result"] == "ok" and line["upstream_auth"] == "dane-ee", line["_line"]

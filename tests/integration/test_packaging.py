@@ -30,9 +30,10 @@ DEPLOY = ROOT / "deploy"
 DOCKERFILE = ROOT / "Dockerfile"
 
 # What the runtime stage may install, and what it must: the libraries
-# mailshim links, the CA bundle and, for DNSSEC, libunbound and the root key.
+# mailshim links, the CA bundle and, for DNSSEC, libunbound and the root key;
+# libidn2 for internationalized domains.
 RUNTIME_PACKAGES = {"android-libboringssl", "libev4", "ca-certificates", "libunbound8",
-                    "dns-root-data"}
+                    "libidn2-0", "dns-root-data"}
 
 # In debian:12-slim already: the C library and what apt itself links.
 SLIM_BASE = {"libc6", "libgcc-s1", "libstdc++6", "zlib1g"}
