@@ -127,6 +127,11 @@ static int addrs_done(struct mxsess *s)
 	const struct service *svc = s->svc->svc;
 	char q[300];
 
+	/* No MX and, definitively, no address either: no host takes mail
+	 * for the domain (RFC 5321 5.1). */
+	if (s->naddr == 0 && s->implicit_mx)
+		return mx_rcpt_final(s, LIT("550 5.1.2 The recipient domain has no MX and no "
+		    "address records\r\n"), R_MX_NO_DOMAIN, s->dom);
 	if (s->naddr == 0)
 		return mx_host_fail(s, R_UP_RESOLVE, "no address records");
 	verify_session_free(&s->verify);
@@ -236,6 +241,7 @@ static void on_mx(const struct dns_answer *a, void *arg)
 		for (size_t i = 0; i < a->nrr && n < ROUTE_MX_MAX; i++)
 			if (route_mx_parse(a->rr[i].data, a->rr[i].len, &s->mx[n]))
 				n++;
+		s->implicit_mx = a->nrr == 0;
 		if (a->nrr == 0) {
 			/* RFC 5321 5.1: no MX, the domain itself (implicit MX). */
 			s->mx[0].pref = 0;

@@ -84,6 +84,7 @@ struct mxsess {
 	struct route_mx mx[ROUTE_MX_MAX];
 	size_t nmx, imx;
 	bool mx_secure, addr_secure;
+	bool implicit_mx;                   /* no MX records: the domain itself */
 	uint8_t addr_step;
 	struct sockaddr_storage addr[ADDR_MAX];
 	size_t naddr, iaddr;

@@ -40,6 +40,8 @@ def zones(p, port, fixed=False):
         Zone("bad.test.", ["@ MX 10 mx", "mx A 127.0.0.15",
                            "_%d._tcp.mx TLSA %s" % (port, bad)], ttl=1),
         Zone("null.test.", ["@ MX 0 ."]),
+        # No MX, no address: nowhere to deliver.
+        Zone("nomx.test.", ["@ TXT \"no mail here\""]),
         # One host, two addresses: the first down, the second failing DANE.
         Zone("two.test.", ["@ MX 10 mx", "mx A 127.0.0.13", "mx A 127.0.0.15",
                            "_%d._tcp.mx TLSA %s" % (port, tlsa(p.other[0], 3, 1, 1))]),

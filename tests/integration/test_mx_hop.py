@@ -578,3 +578,15 @@ def test_a_recipient_domain_in_u_labels_goes_to_its_a_label_mx(scene):  # noqa: 
     assert mx.bodies[0][-1] == b".\r\n"
     line = scene.shim.wait_log(lambda d: d.get("mx") == "mx.xn--bcher-kva.test")[0]
     assert line["result"] == "ok" and line["upstream_auth"] == "dane-ee", line["_line"]
+
+
+def test_a_domain_with_no_mx_and_no_address_is_bounced(scene):  # noqa: F811
+    """nomx.test has neither MX nor A/AAAA records (signed answers): its
+    implicit MX is nowhere, so the RCPT gets 550 5.1.2, not a deferral."""
+    with smtplib.SMTP("127.0.0.1", scene.listen, local_hostname="client.test",
+                      timeout=15) as c:
+        c.ehlo()
+        assert c.mail("s@client.test")[0] == 250
+        code, text = c.rcpt("u@nomx.test")
+        assert code == 550 and text.startswith(b"5.1.2"), (code, text)
+        c.rset()
