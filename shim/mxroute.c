@@ -220,7 +220,9 @@ static void on_mx(const struct dns_answer *a, void *arg)
 {
 	struct mxsess *s = arg;
 	uint32_t rnd[ROUTE_MX_MAX] = { 0 };
+	struct route_mx one;
 	size_t n = 0;
+	bool null_mx = false;
 	int r;
 
 	assert(s->magic == MX_MAGIC);
@@ -238,9 +240,14 @@ static void on_mx(const struct dns_answer *a, void *arg)
 		    R_MX_NO_DOMAIN, s->dom);
 	} else {
 		s->mx_secure = a->status == DNS_SECURE;
-		for (size_t i = 0; i < a->nrr && n < ROUTE_MX_MAX; i++)
-			if (route_mx_parse(a->rr[i].data, a->rr[i].len, &s->mx[n]))
-				n++;
+		for (size_t i = 0; i < a->nrr; i++) {
+			if (!route_mx_parse(a->rr[i].data, a->rr[i].len, &one))
+				continue;
+			if (one.host[0] == '\0')
+				null_mx = true;
+			else
+				route_mx_keep(s->mx, &n, &one);
+		}
 		s->implicit_mx = a->nrr == 0;
 		if (a->nrr == 0) {
 			/* RFC 5321 5.1: no MX, the domain itself (implicit MX). */
@@ -251,7 +258,12 @@ static void on_mx(const struct dns_answer *a, void *arg)
 		(void)getrandom(rnd, sizeof(rnd), GRND_NONBLOCK);
 		s->nmx = route_mx_order(s->mx, n, rnd);
 		s->imx = 0;
-		if (s->nmx == 0) {
+		if (s->nmx == 0 && !null_mx) {
+			/* Records, none of them readable: not a null MX. */
+			s->host[0] = '\0';
+			r = mx_rcpt_final(s, LIT("451 4.4.3 The MX records of the recipient domain "
+			    "are broken\r\n"), R_MX_LOOKUP, "no MX record readable");
+		} else if (s->nmx == 0) {
 			/* RFC 7505: a null MX, the domain takes no mail. */
 			r = mx_rcpt_final(s, LIT("556 5.1.10 The recipient domain accepts no "
 			    "mail (null MX)\r\n"), R_MX_NULL, s->dom);

@@ -276,6 +276,21 @@ bool route_mx_parse(const uint8_t *rdata, size_t len, struct route_mx *mx)
 	return true;
 }
 
+void route_mx_keep(struct route_mx *mx, size_t *n, const struct route_mx *one)
+{
+	size_t worst = 0;
+
+	if (*n < ROUTE_MX_MAX) {
+		mx[(*n)++] = *one;
+		return;
+	}
+	for (size_t i = 1; i < *n; i++)
+		if (mx[i].pref > mx[worst].pref)
+			worst = i;
+	if (one->pref < mx[worst].pref)
+		mx[worst] = *one;
+}
+
 size_t route_mx_order(struct route_mx *mx, size_t n, const uint32_t *rnd)
 {
 	uint32_t key[ROUTE_MX_MAX];

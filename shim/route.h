@@ -72,6 +72,11 @@ struct route_mx {
 /* false: a record too short or with a broken name. */
 bool route_mx_parse(const uint8_t *rdata, size_t len, struct route_mx *mx);
 
+/* Of more than ROUTE_MX_MAX records, the most preferred: mx holds *n
+ * (at most ROUTE_MX_MAX); one comes in, in place of the least preferred
+ * when it is more preferred than that one. */
+void route_mx_keep(struct route_mx *mx, size_t *n, const struct route_mx *one);
+
 /* Sort by preference, equal preferences in random order (rnd: one random
  * word per record); null MX entries are dropped. Returns the count. */
 size_t route_mx_order(struct route_mx *mx, size_t n, const uint32_t *rnd);

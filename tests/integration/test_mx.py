@@ -40,6 +40,8 @@ def zones(p, port, fixed=False):
         Zone("bad.test.", ["@ MX 10 mx", "mx A 127.0.0.15",
                            "_%d._tcp.mx TLSA %s" % (port, bad)], ttl=1),
         Zone("null.test.", ["@ MX 0 ."]),
+        # An MX record whose host name mailshim cannot take: not a null MX.
+        Zone("broken.test.", ["@ MX 10 m\\@x"]),
         # No MX, no address: nowhere to deliver.
         Zone("nomx.test.", ["@ TXT \"no mail here\""]),
         # One host, two addresses: the first down, the second failing DANE.

@@ -590,3 +590,18 @@ def test_a_domain_with_no_mx_and_no_address_is_bounced(scene):  # noqa: F811
         code, text = c.rcpt("u@nomx.test")
         assert code == 550 and text.startswith(b"5.1.2"), (code, text)
         c.rset()
+
+
+def test_unreadable_mx_records_are_not_a_null_mx(scene):  # noqa: F811
+    """broken.test's only MX record names a host mailshim cannot use:
+    that is a temporary failure (451 4.4.3), never RFC 7505's null MX,
+    which is the one record "0 ." (556 5.1.10, null.test)."""
+    with smtplib.SMTP("127.0.0.1", scene.listen, local_hostname="client.test",
+                      timeout=15) as c:
+        c.ehlo()
+        assert c.mail("s@client.test")[0] == 250
+        code, text = c.rcpt("u@broken.test")
+        assert code == 451 and text.startswith(b"4.4.3"), (code, text)
+        code, text = c.rcpt("u@null.test")
+        assert code == 556 and text.startswith(b"5.1.10"), (code, text)
+        c.rset()

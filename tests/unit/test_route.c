@@ -1,4 +1,5 @@
 /* route: the outbound relay's parsing, ordering and end-of-data rules. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -135,6 +136,28 @@ static void test_mx(void)
 	CHECK_STR(v[3].host, "d");
 }
 
+/* Of 40 records, the 16 most preferred are kept, wherever they come. */
+static void test_mx_keep(void)
+{
+	struct route_mx v[ROUTE_MX_MAX], one;
+	uint32_t rnd[ROUTE_MX_MAX] = { 0 };
+	size_t n = 0, low = 0;
+
+	for (unsigned i = 0; i < 40; i++) {
+		one.pref = (uint16_t)(i < 30 ? 50 + i : i - 30);
+		snprintf(one.host, sizeof(one.host), "mx%u", i);
+		route_mx_keep(v, &n, &one);
+	}
+	CHECK_EQ(n, ROUTE_MX_MAX);
+	CHECK_EQ(route_mx_order(v, n, rnd), ROUTE_MX_MAX);
+	for (size_t i = 0; i < n; i++)
+		low += v[i].pref < 10;
+	CHECK_EQ(low, 10);
+	CHECK_EQ(v[0].pref, 0);
+	CHECK_STR(v[0].host, "mx30");
+	CHECK_EQ(v[15].pref, 55);
+}
+
 static void test_reply(void)
 {
 	int code = 0;
@@ -194,6 +217,7 @@ int main(void)
 	test_rcpt();
 	test_mail();
 	test_mx();
+	test_mx_keep();
 	test_reply();
 	test_body();
 	return unit_done("route");
