@@ -73,11 +73,13 @@ static int servername_cb(SSL *ssl, int *alert, void *arg)
 }
 
 /* The session ID context a resumed session must have been made under:
- * the service's name and its client CAs, so that a session (or a ticket,
- * whose keys all services share and reloads keep) made where no client
- * certificate was asked, or under other CAs, never resumes where one is
- * required: BoringSSL does not ask for a certificate again on resumption.
- * The same configuration gives the same context on every worker, load and
+ * the service's name, the certificate it was made with (the one SNI
+ * picked, by its digest: RFC 6066 3 forbids resuming under another name)
+ * and the client CAs, so that a session (or a ticket, whose keys all
+ * services share and reloads keep) made where no client certificate was
+ * asked, or under other CAs, never resumes where one is required:
+ * BoringSSL does not ask for a certificate again on resumption. The same
+ * configuration gives the same context on every worker, load and
  * machine, so tickets still resume there. */
 static int listen_sid_ctx(SSL_CTX *ctx, const struct service *svc)
 {
@@ -85,11 +87,15 @@ static int listen_sid_ctx(SSL_CTX *ctx, const struct service *svc)
 	unsigned char sid[SHA256_DIGEST_LENGTH], md[EVP_MAX_MD_SIZE];
 	unsigned int mdlen;
 	SHA256_CTX h;
+	X509 *leaf = SSL_CTX_get0_certificate(ctx);
 	size_t i;
 
 	SHA256_Init(&h);
 	SHA256_Update(&h, tag, sizeof(tag));
 	SHA256_Update(&h, svc->name, strlen(svc->name) + 1);
+	if (leaf == NULL || !X509_digest(leaf, EVP_sha256(), md, &mdlen))
+		return -1;
+	SHA256_Update(&h, md, mdlen);
 	if (svc->listen_client_ca != NULL) {
 		STACK_OF(X509_OBJECT) *objs = X509_STORE_get0_objects(SSL_CTX_get_cert_store(ctx));
 

@@ -186,14 +186,14 @@ def s_client(port, script=(), starttls=False, version=None, cafile=None, ciphers
 
 
 def s_client_session(port, sess_out=None, sess_in=None, version=None, cert=None,
-                     key=None, must_end=True):
+                     key=None, must_end=True, servername="shim.test"):
     """One implicit-TLS session with openssl s_client: greeting, QUIT (after
     a moment, so TLS 1.3 tickets arrive first). Returns s_client's output,
     which says 'New' or 'Reused' for the handshake. version: 'tls1_2'...;
     cert, key: a client certificate; must_end=False: a session the shim may
-    refuse (no 221) returns its output too."""
+    refuse (no 221) returns its output too; servername: the SNI."""
     argv = ["openssl", "s_client", "-connect", "127.0.0.1:%d" % port, "-servername",
-            "shim.test", "-ign_eof", "-nocommands"]
+            servername, "-ign_eof", "-nocommands"]
     if version:
         argv.append("-" + version)
     if cert:

@@ -253,3 +253,30 @@ def test_a_session_resumes_only_where_it_was_checked(make_shim, smtp_sink, ports
     assert got == "Reused", text[-2000:]
     lines = shim.wait_log(count=8)
     assert [d["result"] for d in lines[6:]] == ["refused", "ok"], [d["_line"] for d in lines]
+
+
+@pytest.mark.parametrize("version", ["tls1_2", "tls1_3"])
+def test_a_session_resumes_only_under_its_certificate(make_shim, smtp_sink, ports, pki,
+                                                      workdir, version):
+    """RFC 6066 3: a session made under one name (the certificate SNI
+    picked) is not resumed under another; names that pick the same
+    certificate (the default one) share its sessions."""
+    sink = smtp_sink()
+    port = ports.get()
+    cfg = service(port, sink.port, "implicit", pki=pki)
+    make_shim("[global]\nworkers = 1\nhelo_name = shim.test\n\n[sni]\n" +
+              "".join("%s = %s\n" % kv for kv in cfg.items()) +
+              "listen_cert = %s\nlisten_key = %s\n" % (pki.alt, pki.alt_key))
+    alt, default = workdir / "alt.sess", workdir / "default.sess"
+
+    def run(name, **kw):
+        text = s_client_session(port, version=version, servername=name, **kw)
+        return re.search(r"(?m)^(New|Reused), TLSv1\.[23]", text).group(1), text
+
+    assert run("alt.test", sess_out=alt)[0] == "New"
+    assert run("alt.test", sess_in=alt)[0] == "Reused"
+    got, text = run("shim.test", sess_in=alt)
+    assert got == "New" and ("CN=server" in text or "CN = server" in text), text[-2000:]
+    assert run("shim.test", sess_out=default)[0] == "New"
+    assert run("unknown.test", sess_in=default)[0] == "Reused"
+    assert run("alt.test", sess_in=default)[0] == "New"
