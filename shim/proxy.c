@@ -222,6 +222,23 @@ static size_t tlv_str(uint8_t *out, size_t at, size_t cap, uint8_t t, const char
 	return s != NULL && *s != '\0' ? tlv_put(out, at, cap, t, s, strlen(s)) : at;
 }
 
+/* A client's SNI is passed on only when it is a host name (letters,
+ * digits, '-', '_' and dots, at most 253): it is the client's to choose,
+ * and an upstream may log it as it is. */
+static bool host_name(const char *s)
+{
+	size_t n = 0;
+
+	for (; s[n] != '\0'; n++) {
+		unsigned char c = (unsigned char)s[n];
+
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		    (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
+			return false;
+	}
+	return n > 0 && n <= 253;
+}
+
 /* AUTHORITY (the SNI), then SSL with its version and cipher sub-TLVs. */
 static size_t build_tls(const struct proxy_tls *tls, uint8_t *out, size_t at, size_t cap)
 {
@@ -229,7 +246,8 @@ static size_t build_tls(const struct proxy_tls *tls, uint8_t *out, size_t at, si
 	uint8_t client = PP2_CLIENT_SSL;
 	uint32_t verify = tls->verified && (tls->cert_conn || tls->cert_sess) ? 0 : 1;
 
-	if ((at = tlv_str(out, at, cap, PP2_TYPE_AUTHORITY, tls->sni)) == 0)
+	if (tls->sni != NULL && host_name(tls->sni) &&
+	    (at = tlv_str(out, at, cap, PP2_TYPE_AUTHORITY, tls->sni)) == 0)
 		return 0;
 	if (tls->cert_conn)
 		client |= PP2_CLIENT_CERT_CONN;

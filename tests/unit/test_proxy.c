@@ -236,6 +236,38 @@ static void test_v2_tls(void)
 	CHECK_EQ(ssl[1] | ssl[2] | ssl[3] | ssl[4], 0);
 	CHECK_STR(tlv_text(ssl + 5, sslen - 5, PP2_SUBTYPE_SSL_CIPHER, buf, sizeof(buf)),
 	    "ECDHE-RSA-AES128-GCM-SHA256");
+	/* An SNI that is no host name (spaces, line ends, quotes, 8-bit
+	 * bytes, over 253 bytes) is not passed on; a host name is. */
+	{
+		static const char *const bad[] = { "x y", "mx.example\r\nconn=1", "\"q\"",
+			"b\xc3\xbc" "cher.test", "a\x01b", "" };
+		char longname[300];
+
+		for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+			tls.sni = bad[i];
+			n = proxy_build(2, (struct sockaddr *)&s4, (struct sockaddr *)&d4, &tls, out,
+			    sizeof(out));
+			CHECK(n > 28);
+			CHECK_EQ(proxy_tlv_find(out + 28, n - 28, PP2_TYPE_AUTHORITY, &ssl, &sslen), 0);
+			CHECK_EQ(proxy_tlv_find(out + 28, n - 28, PP2_TYPE_SSL, &ssl, &sslen), 1);
+		}
+		memset(longname, 'a', 254);
+		longname[254] = '\0';
+		tls.sni = longname;
+		n = proxy_build(2, (struct sockaddr *)&s4, (struct sockaddr *)&d4, &tls, out,
+		    sizeof(out));
+		CHECK_EQ(proxy_tlv_find(out + 28, n - 28, PP2_TYPE_AUTHORITY, &ssl, &sslen), 0);
+		longname[253] = '\0';
+		n = proxy_build(2, (struct sockaddr *)&s4, (struct sockaddr *)&d4, &tls, out,
+		    sizeof(out));
+		CHECK_EQ(proxy_tlv_find(out + 28, n - 28, PP2_TYPE_AUTHORITY, &ssl, &sslen), 1);
+		CHECK_EQ(sslen, 253);
+		tls.sni = "_25._tcp.Mx-1.example.org";
+		n = proxy_build(2, (struct sockaddr *)&s4, (struct sockaddr *)&d4, &tls, out,
+		    sizeof(out));
+		CHECK_EQ(proxy_tlv_find(out + 28, n - 28, PP2_TYPE_AUTHORITY, &ssl, &sslen), 1);
+		tls.sni = NULL;
+	}
 	/* A resumed session: its certificate is the session's, not this
 	 * handshake's. */
 	tls.cert_conn = false;
