@@ -64,10 +64,11 @@ struct proxy_tls {
  * Write a v1 or v2 header for src -> dst into out; returns its length, 0
  * when it does not fit. Of two families, an IPv4-mapped address goes out
  * as IPv4, else both as IPv6 (the IPv4 one as ::ffff:a.b.c.d); only other
- * families get UNKNOWN (v1) or LOCAL (v2). tls (v2 only; NULL: none) adds PP2_TYPE_AUTHORITY
- * with the SNI, then PP2_TYPE_SSL with PP2_CLIENT_SSL (and the certificate
- * bits), its verify field (0 only for a verified client certificate) and
- * the version and cipher sub-TLVs.
+ * families get UNKNOWN (v1) or LOCAL (v2). tls (v2 only; NULL: none)
+ * adds PP2_TYPE_AUTHORITY with the SNI (only a host name: letters, digits,
+ * '-', '_', dots), then PP2_TYPE_SSL with PP2_CLIENT_SSL (and the
+ * certificate bits), its verify field (0 only for a verified client
+ * certificate) and the version and cipher sub-TLVs.
  */
 size_t proxy_build(int version, const struct sockaddr *src,
     const struct sockaddr *dst, const struct proxy_tls *tls, uint8_t *out,
