@@ -3,11 +3,15 @@
 
 CC       ?= cc
 SSL_INC  := /usr/include/android
-SSL_LIB  := /usr/lib/x86_64-linux-gnu/android
+# Debian's multiarch directory (x86_64-linux-gnu, aarch64-linux-gnu, ...).
+ARCH_DIR := $(or $(shell $(CC) -print-multiarch 2>/dev/null),x86_64-linux-gnu)
+SSL_LIB  := /usr/lib/$(ARCH_DIR)/android
 VERSION  := 0.1.0
 
+# `override`: the flags the code needs stay when a packager passes its own
+# CFLAGS or LDFLAGS on the command line (make CFLAGS="$(dpkg-buildflags ...)").
 CFLAGS   ?= -O2 -g
-CFLAGS   += -std=c11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
+override CFLAGS += -std=c11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
             -D_GNU_SOURCE -DMAILSHIM_VERSION='"$(VERSION)"' -fno-strict-aliasing
 SSL_CFLAGS := -I$(SSL_INC)
 SSL_LIBS := -L$(SSL_LIB) -Wl,-rpath,$(SSL_LIB) -l:libssl.so.0 -l:libcrypto.so.0
@@ -26,9 +30,9 @@ LIBS     := $(SSL_LIBS) $(DNS_LIBS) $(IDN_LIBS)
 
 ifeq ($(SAN),1)
 B        := build/san
-CFLAGS   += -O1 -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+override CFLAGS += -O1 -fsanitize=address,undefined -fno-sanitize-recover=undefined \
             -fno-omit-frame-pointer
-LDFLAGS  += -fsanitize=address,undefined
+override LDFLAGS += -fsanitize=address,undefined
 BIN      := $(B)/mailshim
 else
 B        := build/rel
