@@ -5,6 +5,7 @@
  * services.
  */
 #include <pwd.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -171,9 +172,20 @@ int remap_listeners(struct runtime *rt, struct generation *g)
 	return 0;
 }
 
+/* workers = auto: the CPUs this process may run on (a cpuset, taskset,
+ * systemd's CPUAffinity=), not every CPU of the machine. */
+static long usable_cpus(void)
+{
+	cpu_set_t set;
+
+	if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
+		return CPU_COUNT(&set);
+	return sysconf(_SC_NPROCESSORS_ONLN);
+}
+
 unsigned worker_count(const struct config *cfg)
 {
-	long n = cfg->workers ? (long)cfg->workers : sysconf(_SC_NPROCESSORS_ONLN);
+	long n = cfg->workers ? (long)cfg->workers : usable_cpus();
 
 	if (n < 1)
 		n = 1;

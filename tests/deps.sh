@@ -15,8 +15,9 @@ peers="openssl ca-certificates swaks libnet-ssleay-perl perl-openssl-defaults li
  testssl.sh valgrind procps iproute2 util-linux haproxy ldnsutils nsd python3-cryptography curl"
 # test_packaging.py: man pages rendered by man-db (groff-base does the
 # rendering), the unit checked by systemd-analyze (package systemd), the
-# manifests linted by yamllint and read by python3-yaml, readelf (binutils).
-packaging="man-db groff-base systemd yamllint python3-yaml binutils"
+# manifests linted by yamllint and read by python3-yaml, readelf (binutils),
+# the tracked files listed by git.
+packaging="man-db groff-base systemd yamllint python3-yaml binutils git"
 # make bench: the competitors, OpenSSL's headers for the load client,
 # bssl-tool (BoringSSL's own `speed`, the floor), strace and perf
 # (BENCH_PROFILE=1).

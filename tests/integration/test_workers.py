@@ -179,3 +179,24 @@ def listening_now(port):
         return s.connect_ex(("127.0.0.1", port)) == 0
     finally:
         s.close()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable CPUs")
+def test_workers_auto_counts_the_cpus_it_may_use(make_shim, smtp_sink, ports):
+    """workers = auto is one worker per CPU this process may run on (a
+    cpuset, taskset, systemd's CPUAffinity=), not per CPU of the machine."""
+    sink = smtp_sink()
+    mine = os.sched_getaffinity(0)
+    conf = {"global": {"workers": "auto", "helo_name": "shim.test"}}
+    try:
+        os.sched_setaffinity(0, {min(mine)})       # inherited by the shim
+        one = make_shim(dict(conf, mx=service(ports.get(), sink.port)))
+    finally:
+        os.sched_setaffinity(0, mine)
+    wait_until(lambda: len(worker_pids(one)) == 1, 5, "one worker")
+    time.sleep(0.5)
+    assert len(worker_pids(one)) == 1
+    port = ports.get()
+    two = make_shim(dict(conf, mx=service(port, sink.port)))
+    wait_until(lambda: len(worker_pids(two)) == min(len(mine), 64), 5, "a worker per CPU")
+    assert swaks(port, quit_after=None).rc == 0
