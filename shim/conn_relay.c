@@ -171,6 +171,34 @@ static bool speaks_tls(const struct conn *c)
 	    p[0] == 0x16 && p[1] == 0x03;
 }
 
+/*
+ * Writing to the upstream or reading from it failed: it closed or reset,
+ * often right after a reply the client has not had yet (a 421 in the
+ * middle of a body). What it said before going is read and relayed
+ * first, and the session ends cleanly (FINAL lingers on the client, so no
+ * reset loses that reply), with the shim's own 421 only where the
+ * upstream's last words were no 421 (nor any reply that came now).
+ */
+static int up_failed(struct conn *c)
+{
+	size_t before = pump_approved(&c->u2c);
+	struct fail f;
+	int r, i;
+
+	/* Its last bytes may be in since the last wake-up: look now. */
+	if (c->up.rd_wait == EV_READ)
+		c->up.rd_wait = 0;
+	for (i = 0; i < 16 && !c->u2c.eof && pump_can_read(&c->u2c); i++)
+		if ((r = pump_read(&c->u2c, &c->up)) <= 0)
+			break;
+	if ((r = server_parse(c)) < 0 || c->phase != PH_RELAY)
+		return r < 0 ? r : 1;
+	fail_set(&f, R_UP_LOST, err_text(&c->up));
+	f.reply = pump_approved(&c->u2c) > before || smtp_upstream_closing(&c->smtp) ?
+	    NO_REPLY : reason_reply(R_UP_GONE);
+	return conn_fail(c, &f);
+}
+
 /* The client's bytes: read, judge, forward. */
 static int relay_up(struct conn *c, int *moved)
 {
@@ -191,7 +219,7 @@ static int relay_up(struct conn *c, int *moved)
 	progress |= r;
 	r = pump_write(&c->c2u, &c->up);
 	if (r == PUMP_ERROR)
-		return close_now(c, R_UP_LOST, err_text(&c->up));
+		return up_failed(c);
 	*moved |= r > 0;
 	return progress;
 }
@@ -206,7 +234,7 @@ static int relay_down(struct conn *c, int *moved)
 		if (r == PUMP_NOMEM)
 			return close_now(c, R_NO_BUFFER, NULL);
 		if (r == PUMP_ERROR)
-			return lost(c, &c->c2u, &c->up, R_UP_LOST);
+			return c->c2u.eof && c->up.shut ? close_now(c, R_NONE, NULL) : up_failed(c);
 		if (r > 0)
 			c->owed_since = ev_now(c->w->loop);
 		*moved |= r > 0;

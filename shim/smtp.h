@@ -120,6 +120,7 @@ struct smtp {
 	bool up_authenticated;    /* upstream hop TLS, its server authenticated */
 	bool requiretls;          /* REQUIRETLS was offered to the client */
 	bool quit_done;           /* the upstream answered QUIT with 221 */
+	bool up_421;              /* the upstream sent a 421 (it closes next) */
 	/* Commands waiting for replies, oldest first (ring buffer). */
 	uint8_t q[SMTP_QUEUE];
 	uint8_t qhead, qlen;
@@ -196,5 +197,9 @@ size_t smtp_pending(const struct smtp *s);
  * after it; the session is over once the reply has reached the client.
  */
 bool smtp_quit_done(const struct smtp *s);
+
+/* A 421 of the upstream's (it closes next, RFC 5321 3.8) was relayed: the
+ * client has been told, and needs no reply of the shim's when it goes. */
+bool smtp_upstream_closing(const struct smtp *s);
 
 #endif

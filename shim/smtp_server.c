@@ -266,6 +266,8 @@ static bool reply_done(struct smtp *s)
 	unsigned code = s->reply_code;
 
 	smtp_reply_reset(s);
+	if (code == 421)
+		s->up_421 = true;
 	if (s->qlen == 0)
 		return false; /* unsolicited, e.g. a 421 before closing */
 	switch (smtp_qpop(s)) {
@@ -370,6 +372,11 @@ struct smtp_result smtp_server(struct smtp *s, const uint8_t *p, size_t len,
 bool smtp_quit_done(const struct smtp *s)
 {
 	return s->quit_done;
+}
+
+bool smtp_upstream_closing(const struct smtp *s)
+{
+	return s->up_421;
 }
 
 void smtp_upstream_authenticated(struct smtp *s)

@@ -21,8 +21,8 @@ import pytest
 from harness import HarnessError, tail, fd_count, proc_tree, service, wait_until
 from clients import dot_stuff, expected_received, s_client, swaks
 from messages import make_message, sha256
-from hostile import (client_hello, expect_closed, expect_line, expect_reply, reset,
-                     reset_socket, send, send_bulk, send_slowly, serve_smtp, stall)
+from hostile import (call, client_hello, close, expect_closed, expect_line, expect_reply,
+                     reset, reset_socket, send, send_bulk, send_slowly, serve_smtp, stall)
 
 
 # --------------------------------------------------------------------------
@@ -190,6 +190,71 @@ def test_upstream_resets(make_shim, fake_upstream, fake_client, smtp_sink, ports
     faulty_ended(shim, reason=r"upstream")
     sent = [g.finish(), swaks_one(good, workdir, 4)]
     delivered_exactly(sink, sent)
+
+
+def read_some(n):
+    """An upstream step: read n bytes of what comes (a body), then go on."""
+    def fn(peer):
+        got = len(peer.buf)
+        peer.sock.settimeout(10)
+        while got < n:
+            data = peer.sock.recv(65536)
+            if not data:
+                return
+            got += len(data)
+    return fn
+
+
+@pytest.mark.parametrize("how", ["close", "reset", "silent"])
+def test_upstream_421_mid_body_reaches_the_client(make_shim, fake_upstream, ports, pki, how):
+    """The upstream reads 1 MB of a body, says 421 and goes (a close or a
+    reset): the client, still sending, gets that 421 and then a clean end,
+    not a reset that would lose it, and no second reply; an upstream that
+    goes without a word gets the client the shim's 421. Nothing is
+    delivered."""
+    said = [] if how == "silent" else [send("421 4.3.0 going away mid body\r\n")]
+    up = fake_upstream([serve_smtp(stop_after=r"^DATA"), call(read_some(1 << 20))] + said +
+                       [reset() if how == "reset" else close()])
+    want = (b"421 4.4.2 Upstream mail server closed the connection\r\n" if how == "silent"
+            else b"421 4.3.0 going away mid body\r\n")
+    port = ports.get()
+    shim = make_shim({"faulty": service(port, up.port)})
+    s = socket.create_connection(("127.0.0.1", port), timeout=15)
+    f = s.makefile("rb")
+
+    def reply():
+        lines = []
+        while True:
+            line = f.readline()
+            lines.append(line)
+            if len(line) < 4 or line[3:4] != b"-":
+                return lines
+    assert reply()[0].startswith(b"220")
+    for cmd, code in ((b"EHLO client.test", b"250"), (b"MAIL FROM:<a@client.test>", b"250"),
+                      (b"RCPT TO:<b@legacy.test>", b"250"), (b"DATA", b"354")):
+        s.sendall(cmd + b"\r\n")
+        assert reply()[-1].startswith(code), cmd
+    body = (b"z" * 998 + b"\r\n") * 8000      # 8 MB, more than every buffer holds
+
+    def feed():
+        try:
+            s.sendall(body + b".\r\n")
+            s.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    got = reply()
+    assert got == [want], (got, shim.stderr_text()[-3000:])
+    try:
+        rest = f.read()
+    except ConnectionResetError:
+        rest = None
+    t.join(20)
+    s.close()
+    assert rest == b"", "no clean end after the 421: %r" % rest
+    faulty_ended(shim, reason=r"upstream")
+    assert up.messages() == []
 
 
 @pytest.mark.parametrize("mode", ["plain", "starttls", "implicit"])
