@@ -10,11 +10,13 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <linux/sockios.h>
 #include <poll.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 static struct conn *conn_of_timer(ev_timer *t)
@@ -208,12 +210,32 @@ static int conn_timeout(struct conn *c)
 	}
 }
 
+/*
+ * A reply's time is up while the upstream may still be reading what it
+ * was sent (a large body through full socket buffers): bytes that left
+ * the socket's send queue since the last look are progress, and the wait
+ * starts again. A queue that does not move is a stalled upstream, timed
+ * out at the next expiry. One ioctl, only when the timer fires.
+ */
+static bool up_still_reading(struct conn *c)
+{
+	int q;
+
+	if (ioctl(c->up.fd, SIOCOUTQ, &q) < 0 || q <= 0 || (uint32_t)q == c->outq_seen)
+		return false;
+	c->outq_seen = (uint32_t)q;
+	c->owed_since = ev_now(c->w->loop);
+	return true;
+}
+
 void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
 	struct conn *c = conn_of_timer(t);
 	ev_tstamp left = due(c) - ev_now(loop);
 
 	(void)revents;
+	if (left <= 0.001 && reply_owed(c) && up_still_reading(c))
+		left = due(c) - ev_now(loop);
 	if (left > 0.001) {
 		t->repeat = left;
 		ev_timer_again(loop, t);

@@ -62,6 +62,7 @@ struct conn {
 	ev_tstamp start;
 	ev_tstamp deadline;           /* the phase's deadline; in RELAY, idle */
 	ev_tstamp owed_since;         /* RELAY: a reply is owed since then */
+	uint32_t outq_seen;           /* the upstream's send queue at the last look */
 	ev_tstamp connect_start;      /* the upstream connect in progress began */
 	char *detail;                 /* words of the reason's own (FINAL) */
 	struct proxyin *pin;          /* CL_PROXY: the header being read */

@@ -220,6 +220,10 @@ static int relay_up(struct conn *c, int *moved)
 	r = pump_write(&c->c2u, &c->up);
 	if (r == PUMP_ERROR)
 		return up_failed(c);
+	/* The wait for a reply runs from the last byte the upstream took: a
+	 * body it still reads (slowly, through full buffers) is progress. */
+	if (r > 0 && smtp_pending(&c->smtp) > 0)
+		c->owed_since = ev_now(c->w->loop);
 	*moved |= r > 0;
 	return progress;
 }

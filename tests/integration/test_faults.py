@@ -257,6 +257,45 @@ def test_upstream_421_mid_body_reaches_the_client(make_shim, fake_upstream, port
     assert up.messages() == []
 
 
+def read_slowly_to_the_dot(every=0.05, size=32768):
+    """An upstream step: read the body a little at a time, to its end."""
+    def fn(peer):
+        tail = bytes(peer.buf[-5:])
+        peer.sock.settimeout(10)
+        while not tail.endswith(b"\r\n.\r\n"):
+            data = peer.sock.recv(size)
+            if not data:
+                return
+            tail = (tail + data)[-5:]
+            time.sleep(every)
+    return fn
+
+
+def test_timeout_reply_waits_for_an_upstream_still_reading(make_shim, fake_upstream, ports):
+    """The upstream reads an 8 MB body slowly (about 640 KB/s, some 12 s)
+    and answers once it has the end: with timeout_reply = 2s, the wait for
+    its reply runs from the last byte it took, not from the end of data
+    reaching the shim's buffers, so the message is accepted."""
+    up = fake_upstream([serve_smtp(stop_after=r"^DATA"), call(read_slowly_to_the_dot()),
+                        send("250 2.0.0 Ok: queued\r\n"), expect_line(r"^QUIT"),
+                        send("221 bye\r\n"), close()], rcvbuf=65536)
+    port = ports.get()
+    make_shim({"faulty": service(port, up.port, timeout_reply="2s", timeout_idle="30s")})
+    s = socket.create_connection(("127.0.0.1", port), timeout=40)
+    f = s.makefile("rb")
+    assert f.readline().startswith(b"220")
+    s.sendall(b"HELO client.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<b@legacy.test>\r\n"
+              b"DATA\r\n")
+    got = [f.readline() for _ in range(4)]
+    assert got[-1].startswith(b"354"), got
+    s.sendall((b"w" * 998 + b"\r\n") * 8000 + b".\r\n")
+    line = f.readline()
+    assert line == b"250 2.0.0 Ok: queued\r\n", line
+    s.sendall(b"QUIT\r\n")
+    assert f.readline().startswith(b"221")
+    s.close()
+
+
 @pytest.mark.parametrize("mode", ["plain", "starttls", "implicit"])
 def test_upstream_accepts_and_never_greets(make_shim, fake_upstream, fake_client, smtp_sink,
                                            ports, pki, workdir, mode):
