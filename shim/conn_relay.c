@@ -300,7 +300,9 @@ int relay_turn(struct conn *c)
 		    c->c2u.eof && c->up.shut);
 	}
 	if (c->c2u.eof && c->u2c.eof && c->up.shut && c->cl.shut)
-		return close_now(c, R_NONE, NULL);
+		return smtp_mid_message(&c->smtp) ? close_now(c, R_CL_LOST,
+		    "the client ended its side in the middle of a message") :
+		    close_now(c, R_NONE, NULL);
 	return progress;
 }
 

@@ -198,6 +198,10 @@ size_t smtp_pending(const struct smtp *s);
  */
 bool smtp_quit_done(const struct smtp *s);
 
+/* The client is in a DATA body or a BDAT chunk: a session that ends now
+ * ends with a message cut short. */
+bool smtp_mid_message(const struct smtp *s);
+
 /* A 421 of the upstream's (it closes next, RFC 5321 3.8) was relayed: the
  * client has been told, and needs no reply of the shim's when it goes. */
 bool smtp_upstream_closing(const struct smtp *s);

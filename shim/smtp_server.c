@@ -374,6 +374,11 @@ bool smtp_quit_done(const struct smtp *s)
 	return s->quit_done;
 }
 
+bool smtp_mid_message(const struct smtp *s)
+{
+	return s->cstate == C_BODY || s->cstate == C_CHUNK;
+}
+
 bool smtp_upstream_closing(const struct smtp *s)
 {
 	return s->up_421;

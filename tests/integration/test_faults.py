@@ -296,6 +296,28 @@ def test_timeout_reply_waits_for_an_upstream_still_reading(make_shim, fake_upstr
     s.close()
 
 
+def test_a_client_that_leaves_mid_body_is_no_ok_session(make_shim, fake_upstream, ports):
+    """The client ends its side in the middle of a DATA body: the upstream
+    sees the end of the stream (never an end of data) and goes; the
+    session is logged as an error, not as ok, and nothing is delivered."""
+    up = fake_upstream([serve_smtp()])
+    port = ports.get()
+    shim = make_shim({"faulty": service(port, up.port)})
+    s = socket.create_connection(("127.0.0.1", port), timeout=15)
+    f = s.makefile("rb")
+    assert f.readline().startswith(b"220")
+    s.sendall(b"HELO client.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<b@legacy.test>\r\n"
+              b"DATA\r\n")
+    got = [f.readline() for _ in range(4)]
+    assert got[-1].startswith(b"354"), got
+    s.sendall(b"Subject: cut\r\n\r\nhalf a bo")
+    s.shutdown(socket.SHUT_WR)
+    assert f.read() == b""
+    s.close()
+    faulty_ended(shim, reason=r"middle of a message")
+    assert up.messages() == []
+
+
 @pytest.mark.parametrize("mode", ["plain", "starttls", "implicit"])
 def test_upstream_accepts_and_never_greets(make_shim, fake_upstream, fake_client, smtp_sink,
                                            ports, pki, workdir, mode):
