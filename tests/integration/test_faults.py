@@ -257,6 +257,19 @@ def test_upstream_421_mid_body_reaches_the_client(make_shim, fake_upstream, port
     assert up.messages() == []
 
 
+def open_data(port, timeout):
+    """A plain client socket (and its file) through HELO, MAIL, RCPT and
+    DATA's 354: the body comes next."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    f = s.makefile("rb")
+    assert f.readline().startswith(b"220")
+    s.sendall(b"HELO client.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<b@legacy.test>\r\n"
+              b"DATA\r\n")
+    got = [f.readline() for _ in range(4)]
+    assert got[-1].startswith(b"354"), got
+    return s, f
+
+
 def read_slowly_to_the_dot(every=0.05, size=32768):
     """An upstream step: read the body a little at a time, to its end."""
     def fn(peer):
@@ -281,13 +294,7 @@ def test_timeout_reply_waits_for_an_upstream_still_reading(make_shim, fake_upstr
                         send("221 bye\r\n"), close()], rcvbuf=65536)
     port = ports.get()
     make_shim({"faulty": service(port, up.port, timeout_reply="2s", timeout_idle="30s")})
-    s = socket.create_connection(("127.0.0.1", port), timeout=40)
-    f = s.makefile("rb")
-    assert f.readline().startswith(b"220")
-    s.sendall(b"HELO client.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<b@legacy.test>\r\n"
-              b"DATA\r\n")
-    got = [f.readline() for _ in range(4)]
-    assert got[-1].startswith(b"354"), got
+    s, f = open_data(port, 40)
     s.sendall((b"w" * 998 + b"\r\n") * 8000 + b".\r\n")
     line = f.readline()
     assert line == b"250 2.0.0 Ok: queued\r\n", line
@@ -303,13 +310,7 @@ def test_a_client_that_leaves_mid_body_is_no_ok_session(make_shim, fake_upstream
     up = fake_upstream([serve_smtp()])
     port = ports.get()
     shim = make_shim({"faulty": service(port, up.port)})
-    s = socket.create_connection(("127.0.0.1", port), timeout=15)
-    f = s.makefile("rb")
-    assert f.readline().startswith(b"220")
-    s.sendall(b"HELO client.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<b@legacy.test>\r\n"
-              b"DATA\r\n")
-    got = [f.readline() for _ in range(4)]
-    assert got[-1].startswith(b"354"), got
+    s, f = open_data(port, 15)
     s.sendall(b"Subject: cut\r\n\r\nhalf a bo")
     s.shutdown(socket.SHUT_WR)
     assert f.read() == b""
