@@ -16,7 +16,10 @@ import pytest
 
 from harness import wait_until
 from messages import make_message
-from test_mx import Refuser, scene, send  # noqa: F401 (scene is a fixture)
+import test_mx
+from test_mx import Refuser, send
+
+scene = test_mx.scene          # the fixture, shared with test_mx.py
 
 FAKE = "127.0.0.23"
 
@@ -103,7 +106,7 @@ class FakeMX(Refuser):
 
 
 @pytest.fixture
-def fake(scene):  # noqa: F811
+def fake(scene):
     made = []
 
     def make(**kw):
@@ -138,7 +141,7 @@ def open_body(scene, test_id, port=None):
 
 
 @pytest.mark.parametrize("body", ["close-mid", "early"])
-def test_mx_lost_during_the_body_never_runs_it_as_commands(scene, fake, body):  # noqa: F811
+def test_mx_lost_during_the_body_never_runs_it_as_commands(scene, fake, body):
     """The MX closes (or answers) in the middle of the body: the rest of
     the body is read and dropped up to its end, which gets a 451; no line
     of it is taken as a command, and the session goes on."""
@@ -165,7 +168,7 @@ def test_mx_lost_during_the_body_never_runs_it_as_commands(scene, fake, body):  
     assert line["result"] == "error" and line["rcpts"] == "1", line["_line"]
 
 
-def test_mx_lost_after_the_body_before_its_reply(scene, fake):  # noqa: F811
+def test_mx_lost_after_the_body_before_its_reply(scene, fake):
     """The MX reads the whole body and closes without answering it: the
     end of data gets a 451, the transaction is over, the session goes on."""
     mx = fake(body="close-end")
@@ -266,7 +269,7 @@ class Stuffed:
         return [l[:3] for l in b"".join(got).split(b"\r\n") if l[3:4] == b" "]
 
 
-def test_bad_end_of_data_to_a_client_that_does_not_read(scene, make_shim, ports):  # noqa: F811
+def test_bad_end_of_data_to_a_client_that_does_not_read(scene, make_shim, ports):
     """A bare LF around the end of data gets one 554 and a close, even when
     the client does not read its replies: the worker does not spin on the
     bytes it refused, the close comes at its deadline, other sessions are
@@ -319,7 +322,7 @@ REFUSALS = {
 
 
 @pytest.mark.parametrize("stage", ["MAIL", "RCPT", "DATA", "DOT"])
-def test_a_refusal_of_the_mx_is_relayed_and_logged_as_refused(scene, fake, stage):  # noqa: F811
+def test_a_refusal_of_the_mx_is_relayed_and_logged_as_refused(scene, fake, stage):
     """The MX's 5xx to MAIL, RCPT, DATA or the end of data reaches the
     client as it is (a refused MAIL as the RCPT's answer), and the
     transaction's log line says the MX refused it, with its words."""
@@ -349,7 +352,7 @@ def test_a_refusal_of_the_mx_is_relayed_and_logged_as_refused(scene, fake, stage
 
 
 @pytest.mark.parametrize("family", ["A", "AAAA"])
-def test_a_bogus_address_answer_fails_the_host(scene, family):  # noqa: F811
+def test_a_bogus_address_answer_fails_the_host(scene, family):
     """RFC 7672 2.1.1: a bogus answer is a failure, never "unsigned". With
     the A (or AAAA) records of an MX host bogus, the host is not used,
     not even at its secure addresses of the other family (where a check
@@ -374,7 +377,7 @@ HOSTILE = (b"550 5.7.1 no \x1b[1A\x1b[2K\x0b\x0c\x1c conn=deadbeef service=relay
            b"\xff\xfe\x01 \xc2\x85 \xe2\x80\xa8 \"q\" \\ end\r\n")
 
 
-def test_an_mx_reply_cannot_forge_or_break_a_log_line(scene, fake):  # noqa: F811
+def test_an_mx_reply_cannot_forge_or_break_a_log_line(scene, fake):
     """The MX's words reach the log inside reason="...", as printable
     ASCII only: no control byte (a terminal's escapes, the line breaks of
     some parsers), no byte that is not UTF-8 (journald would keep the
@@ -398,7 +401,7 @@ def test_an_mx_reply_cannot_forge_or_break_a_log_line(scene, fake):  # noqa: F81
     assert len(raw.decode("ascii").splitlines()) == raw.count(b"\n")
 
 
-def test_a_recipient_whose_mx_closes_does_not_block_the_next(scene, fake):  # noqa: F811
+def test_a_recipient_whose_mx_closes_does_not_block_the_next(scene, fake):
     """The first recipient's MX closes at its RCPT: that RCPT gets a 451,
     the transaction is bound to no domain, and the next recipient (of
     another domain) binds it to its own MX and is delivered."""
@@ -428,7 +431,7 @@ def raw_reply(f):
             return int(line[:3]), b"".join(lines)
 
 
-def test_a_refused_bdat_chunk_is_dropped_never_run(scene):  # noqa: F811
+def test_a_refused_bdat_chunk_is_dropped_never_run(scene):
     """CHUNKING is not offered: a BDAT gets 502 and its chunk (here a
     MAIL command, sent in two parts) is read and dropped, never run; a
     BDAT whose chunk size cannot be read gets 501 and the session ends."""
@@ -474,7 +477,7 @@ class Mute(Refuser):
 
 
 @pytest.mark.parametrize("mode", ["greet", "ehlo"])
-def test_a_mute_primary_mx_is_left_at_timeout_handshake(scene, make_shim, ports, mode):  # noqa: F811,E501
+def test_a_mute_primary_mx_is_left_at_timeout_handshake(scene, make_shim, ports, mode):
     """The first MX of down.test takes the connection and never greets
     (or never answers EHLO): the STARTTLS dialogue is held to
     timeout_handshake, not timeout_reply, and the second MX gets the
@@ -501,7 +504,7 @@ def test_a_mute_primary_mx_is_left_at_timeout_handshake(scene, make_shim, ports,
     scene.rx["down2"].wait_message("mx-mute-" + mode)
 
 
-def test_a_2xx_to_data_is_not_taken_for_a_delivery(scene, fake):  # noqa: F811
+def test_a_2xx_to_data_is_not_taken_for_a_delivery(scene, fake):
     """The MX answers DATA with 250 instead of 354: the client gets no
     reply it could take for a delivery but 451 4.5.0, the MX is let go
     and the transaction is logged as an error."""
@@ -521,7 +524,7 @@ def test_a_2xx_to_data_is_not_taken_for_a_delivery(scene, fake):  # noqa: F811
 
 
 @pytest.mark.parametrize("how", ["leave", "idle"])
-def test_no_quit_into_the_body_of_a_client_that_goes(scene, fake, how):  # noqa: F811
+def test_no_quit_into_the_body_of_a_client_that_goes(scene, fake, how):
     """The client leaves (or idles past timeout_idle) in the middle of its
     body: the MX connection is closed as it is, with no QUIT written into
     the body, so the MX drops the partial message."""
@@ -542,7 +545,7 @@ def test_no_quit_into_the_body_of_a_client_that_goes(scene, fake, how):  # noqa:
     assert not any(l.upper().startswith(b"QUIT") for l in mx.sessions[0]), mx.sessions
 
 
-def test_a_recipient_domain_in_u_labels_goes_to_its_a_label_mx(scene):  # noqa: F811
+def test_a_recipient_domain_in_u_labels_goes_to_its_a_label_mx(scene):
     """RCPT TO:<u@bücher.test> (with SMTPUTF8) is routed as xn--bcher-kva.test
     (its MX, its TLSA records) and relayed as the client wrote it; the
     A-label spelling is the same domain; a name IDNA2008 refuses gets
@@ -580,7 +583,7 @@ def test_a_recipient_domain_in_u_labels_goes_to_its_a_label_mx(scene):  # noqa: 
     assert line["result"] == "ok" and line["upstream_auth"] == "dane-ee", line["_line"]
 
 
-def test_a_domain_with_no_mx_and_no_address_is_bounced(scene):  # noqa: F811
+def test_a_domain_with_no_mx_and_no_address_is_bounced(scene):
     """nomx.test has neither MX nor A/AAAA records (signed answers): its
     implicit MX is nowhere, so the RCPT gets 550 5.1.2, not a deferral."""
     with smtplib.SMTP("127.0.0.1", scene.listen, local_hostname="client.test",
@@ -592,7 +595,7 @@ def test_a_domain_with_no_mx_and_no_address_is_bounced(scene):  # noqa: F811
         c.rset()
 
 
-def test_unreadable_mx_records_are_not_a_null_mx(scene):  # noqa: F811
+def test_unreadable_mx_records_are_not_a_null_mx(scene):
     """broken.test's only MX record names a host mailshim cannot use:
     that is a temporary failure (451 4.4.3), never RFC 7505's null MX,
     which is the one record "0 ." (556 5.1.10, null.test)."""

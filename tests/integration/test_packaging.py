@@ -10,6 +10,7 @@ HTTP listener; `make run` builds after installing what a fresh machine
 lacks."""
 
 import http.server
+import importlib.util
 import json
 import os
 import re
@@ -49,9 +50,7 @@ UNSUPPORTED = "is not supported in this build"
 @pytest.fixture(scope="module", autouse=True)
 def tools_present():
     gone = ["%s (package %s)" % (t, p) for t, p in TOOLS if shutil.which(t) is None]
-    try:
-        import yaml  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("yaml") is None:
         gone.append("python yaml (package python3-yaml)")
     if gone:
         pytest.fail("missing: %s; run sh tests/deps.sh as root" % ", ".join(gone),
