@@ -11,7 +11,7 @@ import ssl
 
 import pytest
 
-from harness import service, tail
+from harness import service, tail, wait_until
 from peers import PrivatePostfix, postfix_main_add, wait_listening
 from clients import SmtpConn, expected_received
 from messages import make_message, sha256
@@ -312,7 +312,8 @@ def test_a_client_of_the_other_family_reaches_postfix_as_itself(make_shim, ports
         smtp_lines(f)
     # Postfix judged the balancer's client, not the shim: no relaying.
     assert rcpt[-1].startswith("554") and "Relay access denied" in rcpt[-1], rcpt
-    log = pf_dual.maillog()
-    rejects = [l for l in log.splitlines() if "Relay access denied" in l]
-    assert rejects and client in rejects[-1], tail(log)
+    # Postfix's log lines arrive through postlogd, a moment later.
+    rejects = wait_until(lambda: [l for l in pf_dual.maillog().splitlines()
+                                  if "Relay access denied" in l], 10, "Postfix's reject line")
+    assert client in rejects[-1], tail(pf_dual.maillog())
     assert shim.wait_log()[0]["result"] == "ok"

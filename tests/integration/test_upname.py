@@ -198,9 +198,12 @@ def test_many_addresses_keep_both_families_ipv6_first(make_shim, ports, procs, w
     shim = make_shim(conf(dns.port, port, "up.names.test", up_port,
                           "log_level = info"))
     assert send(port, "many") in (421, 451, 0)       # none of the eight listens
-    tried = [m.split()[0] for m in
-             [l.split("upstream ", 1)[1] for l in shim.stderr_text().splitlines()
-              if "trying the next address" in l]]
+
+    def tried_so_far():
+        return [l.split("upstream ", 1)[1].split()[0] for l in shim.stderr_text().splitlines()
+                if "trying the next address" in l]
+    shim.wait_log()                          # the session's line comes after the tries'
+    tried = tried_so_far()
     assert len(tried) == 7, tried
     fam = ["6" if t.startswith("[") else "4" for t in tried]
     assert fam == ["6"] * 4 + ["4"] * 3, tried
