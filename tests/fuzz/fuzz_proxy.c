@@ -1,5 +1,6 @@
 /* libFuzzer: PROXY v1/v2 header parsing; a parsed header must build back
- * (with TLS TLVs made of the input's bytes, which must parse back equal),
+ * (with TLS TLVs made of the input's bytes, which must parse back equal;
+ * an SNI that is no host name is left out),
  * and proxy_want() must never promise less than the header needs. */
 #include <stdint.h>
 #include <stdlib.h>
@@ -32,6 +33,23 @@ static int same_tlv(const uint8_t *p, size_t len, uint8_t t, const char *want)
 	return r == 1 && n == strlen(want) && memcmp(v, want, n) == 0;
 }
 
+/* The AUTHORITY the header must carry: the SNI when it is a host name
+ * (letters, digits, '-', '_', dots, at most 253), else none. */
+static const char *authority(const char *sni)
+{
+	size_t n = strlen(sni);
+
+	if (n > 253)
+		return "";
+	for (size_t i = 0; i < n; i++) {
+		char c = sni[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		    (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
+			return "";
+	}
+	return sni;
+}
+
 static void tls_roundtrip(const struct proxy_info *pi, const uint8_t *data, size_t size)
 {
 	static uint8_t out[PROXY_MAX];
@@ -50,7 +68,7 @@ static void tls_roundtrip(const struct proxy_info *pi, const uint8_t *data, size
 	if (m == 0 || proxy_parse(out, m, &back) != (int)m || back.local)
 		abort();
 	off = proxy_tlv_offset(out, m);
-	if (!same_tlv(out + off, m - off, PP2_TYPE_AUTHORITY, sni) ||
+	if (!same_tlv(out + off, m - off, PP2_TYPE_AUTHORITY, authority(sni)) ||
 	    proxy_tlv_find(out + off, m - off, PP2_TYPE_SSL, &ssl, &sslen) != 1 || sslen < 5 ||
 	    !(ssl[0] & PP2_CLIENT_SSL) ||
 	    !!(ssl[0] & PP2_CLIENT_CERT_CONN) != tls.cert_conn ||
