@@ -89,7 +89,7 @@ $(DNSPROBE): tests/dnstest/dnsprobe.c $(B)/dns.o $(B)/dns_setup.o $(CONF_O) $(B)
 		$(B)/log.o $(EV_O) $(DNS_LIBS)
 
 # libFuzzer targets: the pure modules built with clang's fuzzer runtime.
-FUZZ_TIME ?= 60
+FUZZ_TIME ?= 30
 FUZZERS  := config proxy smtp dane http route
 FZ       := build/fuzz
 PURE_SRC := $(addprefix shim/,$(addsuffix .c,$(PURE)))

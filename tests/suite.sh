@@ -5,7 +5,7 @@
 #   sanitizers  the same unit tests and the integration tests (but those
 #               marked slow: soak, TLS audit, valgrind) on the ASan+UBSan
 #               build, which fails a test on any sanitizer report;
-#   fuzz        each libFuzzer target for FUZZ_TIME seconds (default 60).
+#   fuzz        each libFuzzer target for FUZZ_TIME seconds (default 30).
 # With SAN_FULL=1 (make test SAN=1) the phases are "sanitizers fuzz" and
 # the sanitizer phase runs every integration test, slow ones included.
 # SUITE_PHASES picks phases explicitly.
@@ -54,7 +54,7 @@ for ph in ${SUITE_PHASES:-$default}; do
 		phase sanitizers env MAILSHIM="$root/build/san/mailshim" \
 			PYTEST_ARGS="$san_args" sh tests/run.sh build/san/unit/test_* ;;
 	fuzz)
-		phase fuzz sh tests/fuzz/run.sh "${FUZZ_TIME:-60}" config proxy smtp dane http route ;;
+		phase fuzz sh tests/fuzz/run.sh "${FUZZ_TIME:-30}" config proxy smtp dane http route ;;
 	esac
 done
 line="$passed passed, $failed failed"
