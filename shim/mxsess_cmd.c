@@ -215,8 +215,13 @@ static int cmd_mail(struct mxsess *s, const char *line, size_t len, const char *
 static int cmd_bdat(struct mxsess *s, const char *line, size_t len)
 {
 	uint64_t size;
+	bool last;
 
-	if (!route_bdat(line, len, &size))
+	if (len > 0 && line[len - 1] == '\n')
+		len--;
+	if (len > 0 && line[len - 1] == '\r')
+		len--;
+	if (!smtp_bdat_parse((const uint8_t *)line, len, &size, &last))
 		return mx_close_after(s, "501 5.5.4 Syntax: BDAT size [LAST]\r\n");
 	if (size > SMTP_CHUNK_MAX)
 		return mx_close_after(s, "552 5.3.4 BDAT chunk larger than the message "

@@ -38,31 +38,6 @@ enum route_verb route_verb(const char *line, size_t len, const char **args)
 	return ROUTE_V_OTHER;
 }
 
-bool route_bdat(const char *line, size_t len, uint64_t *size)
-{
-	size_t i = 5, digits = 0;
-	uint64_t n = 0;
-
-	if (len > 0 && line[len - 1] == '\n')
-		len--;
-	if (len > 0 && line[len - 1] == '\r')
-		len--;
-	if (len <= i || strncasecmp(line, "BDAT ", 5) != 0)
-		return false;
-	if (line[i] == '0' && i + 1 < len && isdigit((unsigned char)line[i + 1]))
-		return false;
-	for (; i < len && isdigit((unsigned char)line[i]); i++, digits++) {
-		unsigned d = (unsigned)(line[i] - '0');
-		if (digits == 20 || n > (UINT64_MAX - d) / 10)
-			return false;
-		n = n * 10 + d;
-	}
-	if (digits == 0 || (i < len && (len - i != 5 || strncasecmp(line + i, " LAST", 5) != 0)))
-		return false;
-	*size = n;
-	return true;
-}
-
 /* "KEY:" then optional blanks then a <path>: the path's extent. */
 static bool path_of(const char *a, size_t len, const char *key, const char **p,
     size_t *plen, const char **rest)

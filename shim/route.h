@@ -27,10 +27,6 @@ enum route_verb {
  * smtpd reads it; *args points after the verb's white space. */
 enum route_verb route_verb(const char *line, size_t len, const char **args);
 
-/* A BDAT line (CRLF included or not) in RFC 3030's one plain spelling:
- * "BDAT", one space, the size without leading zeros, " LAST" or nothing.
- * false: any other spelling (where the chunk ends is then unknown). */
-bool route_bdat(const char *line, size_t len, uint64_t *size);
 
 /* MAIL FROM parameters the relay can honour; others are refused (555). */
 struct route_mail {

@@ -198,6 +198,12 @@ size_t smtp_pending(const struct smtp *s);
  */
 bool smtp_quit_done(const struct smtp *s);
 
+/* A BDAT line, its line end left out, in RFC 3030's one plain spelling:
+ * "BDAT" (any case), one space, the size without leading zeros, " LAST"
+ * (any case) or nothing. Fills chunk and last; false for any other
+ * spelling (where the chunk ends is then unknown). */
+bool smtp_bdat_parse(const uint8_t *p, size_t len, uint64_t *chunk, bool *last);
+
 /* The client is in a DATA body or a BDAT chunk: a session that ends now
  * ends with a message cut short. */
 bool smtp_mid_message(const struct smtp *s);

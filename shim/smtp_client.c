@@ -246,19 +246,17 @@ static struct check check_identity(struct smtp *s, const struct line *l)
 }
 
 /*
- * RFC 3030 bdat-cmd in its one plain spelling: "BDAT", one space, the
- * size without leading zeros, and " LAST" (any case) or nothing. Servers
- * read other spellings in other ways (white space, zeros, overflow), and a
- * chunk the upstream sizes differently is read as commands behind the
- * shim's back. Fills chunk_left and chunk_last.
+ * RFC 3030 bdat-cmd in its one plain spelling (smtp.h). Servers read other
+ * spellings in other ways (white space, zeros, overflow), and a chunk the
+ * upstream sizes differently is read as commands behind the shim's back.
  */
-static bool parse_bdat(struct smtp *s, const struct line *l)
+bool smtp_bdat_parse(const uint8_t *p, size_t end, uint64_t *chunk, bool *last)
 {
-	const uint8_t *p = l->p;
-	size_t end = l->end, i = 5, digits = 0;
+	size_t i = 5, digits = 0;
 	uint64_t size = 0;
+	bool is_last;
 
-	if (l->at != 0 || end <= i || p[4] != ' ')
+	if (end <= i || !smtp_same(p, "BDAT ", 5))
 		return false;
 	if (p[i] == '0' && i + 1 < end && p[i + 1] >= '0' && p[i + 1] <= '9')
 		return false;
@@ -270,11 +268,18 @@ static bool parse_bdat(struct smtp *s, const struct line *l)
 	}
 	if (digits == 0)
 		return false;
-	s->chunk_last = i < end;
-	if (s->chunk_last && (end - i != 5 || p[i] != ' ' || !smtp_same(p + i + 1, "LAST", 4)))
+	is_last = i < end;
+	if (is_last && (end - i != 5 || p[i] != ' ' || !smtp_same(p + i + 1, "LAST", 4)))
 		return false;
-	s->chunk_left = size;
+	*chunk = size;
+	*last = is_last;
 	return true;
+}
+
+/* Fills chunk_left and chunk_last. */
+static bool parse_bdat(struct smtp *s, const struct line *l)
+{
+	return l->at == 0 && smtp_bdat_parse(l->p, l->end, &s->chunk_left, &s->chunk_last);
 }
 
 /* Where a chunk ends must be known even when BDAT is refused: a malformed

@@ -17,26 +17,6 @@ static void test_verbs(void)
 	CHECK_EQ(route_verb("quit", 4, &args), ROUTE_V_QUIT);
 }
 
-static void test_bdat(void)
-{
-	uint64_t n = 1;
-
-	CHECK(route_bdat("BDAT 25 LAST\r\n", 14, &n));
-	CHECK_EQ(n, 25);
-	CHECK(route_bdat("bdat 0", 6, &n));
-	CHECK_EQ(n, 0);
-	CHECK(route_bdat("BDAT 18446744073709551615 last\r\n", 32, &n));
-	CHECK(n == UINT64_MAX);
-	CHECK(!route_bdat("BDAT 18446744073709551616\r\n", 27, &n));
-	CHECK(!route_bdat("BDAT 025\r\n", 10, &n));
-	CHECK(!route_bdat("BDAT  25\r\n", 10, &n));
-	CHECK(!route_bdat("BDAT\t25\r\n", 9, &n));
-	CHECK(!route_bdat("BDAT 25 LASTX\r\n", 15, &n));
-	CHECK(!route_bdat("BDAT 25 \r\n", 10, &n));
-	CHECK(!route_bdat("BDAT\r\n", 6, &n));
-	CHECK(!route_bdat("BDAT x\r\n", 8, &n));
-}
-
 static void test_rcpt(void)
 {
 	char d[ROUTE_NAME_MAX];
@@ -213,7 +193,6 @@ static void test_body(void)
 int main(void)
 {
 	test_verbs();
-	test_bdat();
 	test_rcpt();
 	test_mail();
 	test_mx();

@@ -694,6 +694,32 @@ static void test_bdat(void)
 	scenario("bdat without chunking", SMTP_LISTEN_PLAIN, false, nochunking, &w);
 }
 
+/* The one plain BDAT spelling, as the listen side and the relay read it. */
+static void test_bdat_parse(void)
+{
+	static const char *const bad[] = { "BDAT 18446744073709551616", "BDAT 025",
+		"BDAT  25", "BDAT\t25", "BDAT 25 LASTX", "BDAT 25 ", "BDAT", "BDAT x",
+		"BDATS 25" };
+	uint64_t n = 1;
+	bool last = false;
+
+#define BP(s) smtp_bdat_parse((const uint8_t *)(s), strlen(s), &n, &last)
+	CHECK(BP("BDAT 25 LAST"));
+	CHECK_EQ(n, 25);
+	CHECK(last);
+	CHECK(BP("bdat 0"));
+	CHECK_EQ(n, 0);
+	CHECK(!last);
+	CHECK(BP("BDAT 18446744073709551615 last"));
+	CHECK(n == UINT64_MAX && last);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		n = 7;
+		CHECK(!BP(bad[i]));
+		CHECK_EQ(n, 7);
+	}
+#undef BP
+}
+
 static void test_bdat_malformed(void)
 {
 	static const char *const bad[] = {
@@ -2023,6 +2049,7 @@ int main(void)
 	test_smuggling();
 	test_benign_bare_lf();
 	test_bdat();
+	test_bdat_parse();
 	test_bdat_malformed();
 	test_auth();
 	test_auth_long();
